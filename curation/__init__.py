@@ -1,0 +1,1 @@
+"""Curation algorithms on plain data (no Spark): matching, balancing, hashing, shards, statistics."""

@@ -1,0 +1,157 @@
+"""MetaCLIP balancing on plain arrays (DESIGN §4).
+
+``count[e]`` is the number of texts whose matched set contains ``e``; ``p[e] = min(1, t/count[e])``;
+a text is kept with probability ``p_keep = 1 - prod_{e in matched}(1 - p[e])``. The draw is a pure
+function of ``(seed, uid)``, so the kept subset never depends on partitioning, executor count or
+task retries.
+
+Matched sets are passed in CSR form — ``offsets`` (len n+1) and ``flat_ids`` — which is exactly
+the memory layout of an Arrow ``ListArray``, so Spark tasks hand Arrow buffers straight in.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from curation.errors import InputError
+
+
+# --------------------------------------------------------------------------- counts
+def csr_from_lists(lists: Iterable[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, flat_ids) from a list of id lists."""
+    lengths = []
+    flat: list[int] = []
+    for ids in lists:
+        lengths.append(len(ids))
+        flat.extend(ids)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, np.asarray(flat, dtype=np.int64)
+
+
+def entry_counts(flat_ids: np.ndarray, n_entries: int) -> np.ndarray:
+    """Per-entry count of texts containing it (ids within a text are unique, so a bincount)."""
+    flat_ids = np.asarray(flat_ids, dtype=np.int64)
+    if flat_ids.size and (flat_ids.min() < 0 or flat_ids.max() >= n_entries):
+        raise InputError(f"entry id out of range [0, {n_entries}): the match output does not belong "
+                         "to this metadata (re-run the match stage)")
+    return np.bincount(flat_ids, minlength=n_entries).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- probabilities
+def entry_probabilities(counts: np.ndarray, t: float, dtype=np.float64) -> np.ndarray:
+    """``p[e] = min(1, t / count[e])``; entries never matched get 1.0 (never used)."""
+    if not t > 0:
+        raise InputError(f"t must be > 0, got {t!r}")
+    counts = np.asarray(counts, dtype=np.float64)
+    p = np.ones(counts.shape, dtype=np.float64)
+    nz = counts > 0
+    p[nz] = np.minimum(1.0, t / counts[nz])
+    return p.astype(dtype, copy=False)
+
+
+def p_keep_csr(offsets: np.ndarray, flat_ids: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``1 - prod(1 - p[e])`` per row; rows with no match get 0."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n = len(offsets) - 1
+    out = np.zeros(n, dtype=np.float64)
+    if n == 0 or len(flat_ids) == 0:
+        return out
+    q = 1.0 - np.asarray(p, dtype=np.float64)[np.asarray(flat_ids, dtype=np.int64)]
+    lengths = np.diff(offsets)
+    nonempty = lengths > 0
+    # reduceat mis-handles empty segments, so reduce only over the non-empty rows' starts.
+    prod = np.multiply.reduceat(q, offsets[:-1][nonempty])
+    out[nonempty] = 1.0 - prod
+    return out
+
+
+def p_keep(matches: Sequence[Sequence[int]], p: np.ndarray) -> np.ndarray:
+    """``p_keep`` for a list of matched-id lists (convenience over ``p_keep_csr``)."""
+    offsets, flat = csr_from_lists(matches)
+    return p_keep_csr(offsets, flat, p)
+
+
+# --------------------------------------------------------------------------- the draw
+def uniform_from_uid(seed: int, uid: str) -> float:
+    """A uniform number in [0, 1) that depends only on ``(seed, uid)``.
+
+    blake2b-64 of ``"<seed>\\x1f<uid>"``; the top 53 bits make an exact double. Portable across
+    machines and Python versions (unlike ``hash()``), so runs reproduce anywhere.
+    """
+    digest = hashlib.blake2b(f"{int(seed)}\x1f{uid}".encode("utf-8", "surrogatepass"),
+                             digest_size=8).digest()
+    return (int.from_bytes(digest, "little") >> 11) * (1.0 / (1 << 53))
+
+
+def uniform_from_uids(seed: int, uids: Sequence[str]) -> np.ndarray:
+    """``uniform_from_uid`` over many uids (float64 array)."""
+    prefix = f"{int(seed)}\x1f"
+    blake = hashlib.blake2b
+    raw = b"".join(
+        blake((prefix + u).encode("utf-8", "surrogatepass"), digest_size=8).digest() for u in uids
+    )
+    ints = np.frombuffer(raw, dtype="<u8")
+    return (ints >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def keep_mask(p_keep_values: np.ndarray, seed: int, uids: Sequence[str]) -> np.ndarray:
+    """Keep iff ``u(seed, uid) < p_keep``."""
+    return uniform_from_uids(seed, uids) < np.asarray(p_keep_values, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- solving t
+def expected_kept_for_ts(offsets: np.ndarray, flat_ids: np.ndarray, counts: np.ndarray,
+                         ts: Sequence[float]) -> np.ndarray:
+    """Σ p_keep over the given rows, for every t in ``ts`` (one value per t)."""
+    return np.array([p_keep_csr(offsets, flat_ids, entry_probabilities(counts, t)).sum()
+                     for t in ts], dtype=np.float64)
+
+
+def solve_t(evaluate: Callable[[np.ndarray], np.ndarray], target: float, max_count: int,
+            grid: int = 32) -> int:
+    """Smallest integer t >= 1 whose expected kept count reaches ``target``.
+
+    ``evaluate(ts)`` returns the expected kept count for each t in ``ts``; in Spark it is one job
+    over the matched rows, so we evaluate a whole grid per pass and narrow the bracket ``grid``-fold
+    each time (the expected count is non-decreasing in t). At ``t >= max_count`` every p is 1 and
+    all matched rows are kept, so a target above that is unreachable.
+    """
+    if target <= 0:
+        raise InputError(f"target_size must be > 0, got {target}")
+    max_count = max(int(max_count), 1)
+    top = float(evaluate(np.array([max_count], dtype=np.float64))[0])
+    if top < target:
+        raise InputError(f"target_size {target:,.0f} is larger than the number of matched rows "
+                         f"({top:,.0f}); lower target_size or use a larger pool")
+    lo, hi = 0, max_count  # invariant: E(lo) < target (E(0) = 0) and E(hi) >= target
+    while hi - lo > 1:
+        ts = np.unique(np.linspace(lo, hi, grid + 2).round().astype(np.int64))
+        ts = ts[(ts > lo) & (ts < hi)]
+        if ts.size == 0:
+            break
+        values = evaluate(ts.astype(np.float64))
+        reached = values >= target
+        if reached.any():
+            first = int(np.argmax(reached))
+            hi = int(ts[first])
+            lo = int(ts[first - 1]) if first > 0 else lo
+        else:
+            lo = int(ts[-1])
+    return hi
+
+
+def solve_t_local(matches: Sequence[Sequence[int]], n_entries: int, target: float) -> int:
+    """``solve_t`` on in-memory matched-id lists (tests, small data)."""
+    offsets, flat = csr_from_lists(matches)
+    counts = entry_counts(flat, n_entries)
+    return solve_t(lambda ts: expected_kept_for_ts(offsets, flat, counts, ts), target,
+                   int(counts.max()) if counts.size else 1)
+
+
+# --------------------------------------------------------------------------- uid
+def uid_from_url(url: str) -> str:
+    """Stable uid for rows that have none (MetaCLIP: ``sha224(url)[:24]``)."""
+    return hashlib.sha224(url.encode("utf-8", "surrogatepass")).hexdigest()[:24]

@@ -1,0 +1,1 @@
+"""Evaluation of CLIP checkpoints: zero-shot, retrieval, linear probe, scaling laws, overlap-aware."""

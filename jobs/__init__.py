@@ -1,0 +1,1 @@
+"""Spark jobs and the `metacurate` command line. Thin wrappers around `curation/` and `metadata/`."""

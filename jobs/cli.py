@@ -1,0 +1,106 @@
+"""The `metacurate` command line.
+
+Every command lives in its own module under `jobs/commands/` exposing
+``add_arguments(parser)`` and ``run(args) -> int``. The registry below lists all commands the
+project plans; a command whose module does not exist yet is shown as such in ``--help`` and
+refuses to run with a clear message instead of producing fake output.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from typing import Sequence
+
+from curation.errors import InputError
+
+# name -> (module, one-line help). Order is the order shown in --help (pipeline order).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("jobs.commands.quickstart", "offline end-to-end demo: metadata -> ... -> eval -> report"),
+    "metadata": ("jobs.commands.metadata", "build the entry list (WordNet + Wikipedia) or import a metadata.json"),
+    "curate": ("jobs.commands.curate", "match -> count -> balance over a pool parquet (flags, no config file)"),
+    "run": ("jobs.commands.stages", "run every stage of a config (skips stages already complete)"),
+    "match": ("jobs.commands.stages", "stage: substring-match pool texts against the metadata"),
+    "count": ("jobs.commands.stages", "stage: per-entry match counts"),
+    "balance": ("jobs.commands.stages", "stage: keep rows with p_keep = 1 - prod(1 - min(1, t/count))"),
+    "download": ("jobs.commands.stages", "stage: fetch the kept images with img2dataset"),
+    "dedup": ("jobs.commands.stages", "stage: remove near-duplicates of evaluation images (pHash)"),
+    "shard": ("jobs.commands.stages", "stage: write WebDataset shards + sizes.json + manifest"),
+    "evalsets": ("jobs.commands.evalsets", "hash evaluation image sets for dedup"),
+    "audit": ("jobs.commands.audit", "train/test overlap audit page (audit/index.html)"),
+    "report": ("jobs.commands.report", "distribution report of a run (report/index.html + PNGs)"),
+    "inspect": ("jobs.commands.inspect", "terminal summary of a run directory"),
+    "train": ("jobs.commands.train", "train the compact CLIP on WebDataset shards"),
+    "eval": ("jobs.commands.evaluate", "zero-shot / retrieval / linear-probe evaluation of a checkpoint"),
+    "scaling": ("jobs.commands.scaling", "fit scaling laws E = beta * C^alpha across runs"),
+    "experiment": ("jobs.commands.experiment", "experiments, e.g. balance-vs-random"),
+}
+
+
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    lines = []
+    for name, (module, help_text) in COMMANDS.items():
+        mark = "" if _available(module) else "  [not implemented yet]"
+        lines.append(f"  {name:<11} {help_text}{mark}")
+    parser = argparse.ArgumentParser(
+        prog="metacurate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "MetaCLIP-style curation on Spark: metadata -> match -> count -> balance -> download\n"
+            "-> dedup -> shard, plus a compact CLIP trainer and evaluator.\n\n"
+            "commands:\n" + "\n".join(lines) + "\n\n"
+            "Run `metacurate COMMAND --help` for a command's options."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        if _available(module):
+            mod = importlib.import_module(module)
+            p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+            mod.add_arguments(p) if not hasattr(mod, "add_arguments_for") else mod.add_arguments_for(name, p)
+            p.set_defaults(_module=module)
+        else:
+            p = sub.add_parser(name, help=help_text + " [not implemented yet]", add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(_module=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("py4j", "matplotlib", "PIL", "botocore", "s3fs", "urllib3", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.command:
+        parser.print_help()
+        return 2
+    if args._module is None:
+        print(f"metacurate {args.command}: this command is not implemented yet in this version; "
+              f"see `metacurate --help` for the commands that exist.", file=sys.stderr)
+        return 2
+    mod = importlib.import_module(args._module)
+    try:
+        return int(mod.run(args) or 0)
+    except InputError as exc:  # errors that tell the user what to change
+        print(f"metacurate {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

