@@ -1,0 +1,165 @@
+"""The curate job in local Spark: outputs, reconciliation, bad input, partition invariance, resume."""
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.balancing import uid_from_url
+from curation.errors import InputError
+from curation.matching import Matcher
+from jobs.curate import CurateParams, run_curate
+from jobs.demo import make_demo_pool
+
+
+def _read_dir(path):
+    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.startswith("part-"))
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+def _rejects(run, stage):
+    d = os.path.join(run, "rejects", stage)
+    return pa.concat_tables([pq.read_table(os.path.join(d, f)) for f in sorted(os.listdir(d))])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return make_demo_pool(str(root), n_rows=6000, seed=1, n_files=3)
+
+
+def test_outputs_formats_and_reconciliation(spark, demo, tmp_path):
+    run = str(tmp_path / "run")
+    s = run_curate(spark, CurateParams(pool=demo["pool"], metadata=demo["metadata"], out=run, t=50, seed=0))
+    entries = json.load(open(demo["metadata"]))
+    matcher = Matcher(entries)
+    match = _read_dir(os.path.join(run, "match"))
+    assert match.schema.field("entry_ids").type == pa.list_(pa.int32())
+    # Every matched row's ids are exactly the reference matcher's ids.
+    for text, ids in zip(match.column("text").to_pylist()[:500], match.column("entry_ids").to_pylist()[:500]):
+        assert ids == matcher.match(text)
+    rej = _rejects(run, "match")
+    pool = pa.concat_tables([pq.read_table(os.path.join(demo["pool"], f)) for f in sorted(os.listdir(demo["pool"]))])
+    all_uids = {uid_from_url(u) for u in pool.column("url").to_pylist()}
+    seen = set(match.column("uid").to_pylist()) | set(rej.column("uid").to_pylist())
+    assert seen == all_uids and match.num_rows + rej.num_rows == pool.num_rows
+    assert s["match"]["in"] == pool.num_rows == s["match"]["out"] + sum(s["match"]["rejected"].values())
+    # counts: equal to a direct count over the match output
+    counts = pq.read_table(os.path.join(run, "count", "entry_counts.parquet"))
+    direct = np.bincount(np.concatenate([np.array(x) for x in match.column("entry_ids").to_pylist()]),
+                         minlength=len(entries))
+    assert dict(zip(counts.column("entry_id").to_pylist(), counts.column("count").to_pylist())) == {
+        i: int(c) for i, c in enumerate(direct) if c}
+    # balance: kept rows carry p_keep; kept + balanced_out = matched
+    kept = _read_dir(os.path.join(run, "balance"))
+    out = _rejects(run, "balance")
+    assert kept.num_rows + out.num_rows == match.num_rows
+    assert set(out.column("reason").to_pylist()) <= {"balanced_out"}
+    summary = json.load(open(os.path.join(run, "balance", "summary.json")))
+    assert summary["kept"] == kept.num_rows and summary["t"] == 50
+    sigma = np.sqrt((kept.column("p_keep").to_numpy() * 0 + 0.25).sum() + 1)
+    assert abs(summary["kept"] - summary["expected_kept"]) < 5 * max(sigma, 1) + 50
+    for name in ("match", "count", "balance"):
+        assert json.load(open(os.path.join(run, name, "_SUCCESS")))["fingerprint"]
+    sweep = json.load(open(os.path.join(run, "balance", "t_sweep.json")))
+    assert sweep["chosen_t"] == 50 and sweep["expected_kept"] == sorted(sweep["expected_kept"])
+    kept_counts = pq.read_table(os.path.join(run, "balance", "kept_counts.parquet"))
+    assert kept_counts.column("kept").to_numpy().sum() == sum(len(x) for x in kept.column("entry_ids").to_pylist())
+
+
+def test_same_seed_same_subset_whatever_the_partitioning(spark, demo, tmp_path):
+    pool = pa.concat_tables([pq.read_table(os.path.join(demo["pool"], f)) for f in sorted(os.listdir(demo["pool"]))])
+    kept_sets = []
+    for n_files in (1, 7):
+        d = tmp_path / f"pool{n_files}"
+        d.mkdir()
+        per = -(-pool.num_rows // n_files)
+        for i in range(n_files):
+            pq.write_table(pool.slice(i * per, per), d / f"p{i}.parquet", row_group_size=300)
+        run = str(tmp_path / f"run{n_files}")
+        run_curate(spark, CurateParams(pool=str(d), metadata=demo["metadata"], out=run, t=40, seed=5,
+                                       rows_per_unit=400))
+        kept_sets.append(sorted(_read_dir(os.path.join(run, "balance")).column("uid").to_pylist()))
+    assert kept_sets[0] == kept_sets[1] and len(kept_sets[0]) > 100
+
+
+def test_bad_captions_become_reject_rows(spark, tmp_path):
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps(["dog", "cat", "hot dog"]))
+    texts = [None, "", "   \t\n", "a hot dog", "x" * 1_100_000 + " dog", "Dog", "the cat.", None]
+    urls = [f"http://h/{i}.jpg" for i in range(len(texts))]
+    good = pa.array(texts, pa.string())
+    # Row 7: invalid UTF-8 bytes inside a string column (as a broken writer would produce).
+    bad_bytes = [b"" if t is None else t.encode() for t in texts]
+    bad_bytes[7] = b"dog \xff\xfe cat"
+    data = b"".join(bad_bytes)
+    offsets = np.cumsum([0] + [len(b) for b in bad_bytes]).astype(np.int32)
+    validity = pa.array([t is not None for t in texts[:7]] + [True]).buffers()[1]
+    broken = pa.Array.from_buffers(pa.string(), len(texts), [validity, pa.py_buffer(offsets.tobytes()),
+                                                                pa.py_buffer(data)])
+    assert good.null_count == 2
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pq.write_table(pa.table({"url": urls, "text": broken}), pool / "p.parquet")
+    run = str(tmp_path / "run")
+    s = run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=run, t=1, seed=0))
+    rej = _rejects(run, "match").to_pydict()
+    reasons = {uid: r for uid, r in zip(rej["uid"], rej["reason"])}
+    uid = [uid_from_url(u) for u in urls]
+    assert reasons[uid[0]] == "null_text"
+    assert reasons[uid[1]] == "empty_text" and reasons[uid[2]] == "empty_text"
+    assert reasons[uid[4]] == "text_too_long"
+    assert reasons[uid[5]] == "no_match"  # no case folding
+    assert reasons[uid[7]] == "invalid_utf8"
+    match = _read_dir(os.path.join(run, "match")).to_pydict()
+    assert dict(zip(match["uid"], match["entry_ids"])) == {uid[3]: [0, 2], uid[6]: [1]}
+    assert s["match"]["in"] == 8 and s["match"]["out"] == 2
+
+
+def test_missing_text_column_and_empty_metadata_are_clear_errors(spark, tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pq.write_table(pa.table({"url": ["http://a"], "caption": ["dog"]}), pool / "p.parquet")
+    meta = tmp_path / "m.json"
+    meta.write_text(json.dumps(["dog"]))
+    with pytest.raises(InputError, match=r"lacks column\(s\) \['text'\]"):
+        run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=str(tmp_path / "r"), t=1))
+    meta.write_text("[]")
+    with pytest.raises(InputError, match="empty"):
+        run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=str(tmp_path / "r2"), t=1))
+
+
+def test_target_size_solves_smallest_t(spark, demo, tmp_path):
+    run = str(tmp_path / "run")
+    s = run_curate(spark, CurateParams(pool=demo["pool"], metadata=demo["metadata"], out=run, t=None,
+                                       target_size=2000, seed=0))
+    t = s["balance"]["t"]
+    assert s["balance"]["expected_kept"] >= 2000
+    sweep = json.load(open(os.path.join(run, "balance", "t_sweep.json")))
+    below = [e for tt, e in zip(sweep["t"], sweep["expected_kept"]) if tt == t - 1]
+    assert all(e < 2000 for e in below)
+
+
+def test_rerun_skips_and_interrupted_stage_resumes(spark, demo, tmp_path):
+    run = str(tmp_path / "run")
+    params = CurateParams(pool=demo["pool"], metadata=demo["metadata"], out=run, t=30, seed=2, rows_per_unit=500)
+    run_curate(spark, params)
+    before = sorted(_read_dir(os.path.join(run, "balance")).column("uid").to_pylist())
+    mtime = os.path.getmtime(os.path.join(run, "match", "_SUCCESS"))
+    run_curate(spark, params)  # everything complete: skipped
+    assert os.path.getmtime(os.path.join(run, "match", "_SUCCESS")) == mtime
+    # Simulate a crash in the middle of balance: success marker gone, some units lost.
+    fp = json.load(open(os.path.join(run, "balance", "_SUCCESS")))["fingerprint"]
+    os.remove(os.path.join(run, "balance", "_SUCCESS"))
+    with open(os.path.join(run, "balance", "_STARTED"), "w") as f:
+        json.dump({"fingerprint": fp}, f)
+    units = sorted(os.listdir(os.path.join(run, "balance", "_units")))
+    for u in units[::2]:
+        os.remove(os.path.join(run, "balance", "_units", u))
+        os.remove(os.path.join(run, "balance", "part-" + u.replace(".json", ".parquet")))
+    run_curate(spark, params)
+    after = sorted(_read_dir(os.path.join(run, "balance")).column("uid").to_pylist())
+    assert after == before and len(after) == len(set(after))
+
