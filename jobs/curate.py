@@ -174,6 +174,13 @@ def _run_units(spark, p: CurateParams, stage: str, units: list[dict], task, ctx:
     return sorted([r for r in results if r["unit"] in wanted], key=lambda r: r["unit"])
 
 
+def _throttle() -> None:
+    """Failure-injection tests slow units down (env set only on their test cluster / driver)."""
+    delay = float(os.environ.get("METACURATE_UNIT_DELAY_S", "0") or 0)
+    if delay > 0:
+        time.sleep(delay)
+
+
 # =========================================================================== planning
 def plan_units(p: CurateParams) -> tuple[list[dict], list[dict]]:
     """Work units from the pool's footers (driver reads metadata only). Returns (units, bad_files)."""
@@ -312,6 +319,7 @@ def _uids(table: pa.Table, file_path: str, first_row: int) -> tuple[list[str], l
 
 def _match_unit(unit: dict, ctx: dict) -> dict:
     p = CurateParams(**ctx["params"])
+    _throttle()
     fs, path = storage.get_fs(unit["path"], p.storage_options)
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
@@ -510,6 +518,7 @@ def _expected_kept(spark, files: list[str], counts_bc, ts: np.ndarray, storage_o
 
 def _balance_unit(unit: dict, ctx: dict) -> dict:
     p = CurateParams(**ctx["params"])
+    _throttle()
     prob = ctx["p_bc"].value
     counts = ctx["counts_bc"].value
     table = storage.read_parquet(unit["path"], p.storage_options)
