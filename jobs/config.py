@@ -252,3 +252,26 @@ def config_reference() -> str:
 
 def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def update_readme(path: str) -> bool:
+    """Rewrite the generated block of the README; True if it changed."""
+    start, end = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{config_reference()}\n{end}{tail}"
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m jobs.config [--update-readme README.md]
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--update-readme":
+        print("updated" if update_readme(sys.argv[2]) else "up to date")
+    else:
+        print(config_reference())

@@ -64,6 +64,14 @@ def get_spark(master: str | None = None, app_name: str = "metacurate",
     ensure_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # launched by spark-submit: its --master wins
+    if under_submit:
+        from pyspark import SparkConf
+
+        submitted = SparkConf().get("spark.master", None)
+        if master and submitted and master != submitted:
+            log.info("spark-submit gave --master %s; ignoring %s", submitted, master)
+        master = submitted or master or "local[*]"
     master = master or os.environ.get("METACURATE_MASTER") or "local[*]"
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -85,7 +93,15 @@ def get_spark(master: str | None = None, app_name: str = "metacurate",
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     if ship_code is None:
-        ship_code = not master.startswith("local")
+        ship_code = not master.startswith("local") and not under_submit
     if ship_code:
         spark.sparkContext.addPyFile(package_zip())
     return spark
+
+
+if __name__ == "__main__":  # python -m jobs.spark --zip DIR : build the --py-files zip for spark-submit
+    import argparse
+
+    ap = argparse.ArgumentParser(description="build metacurate_pkgs.zip for spark-submit --py-files")
+    ap.add_argument("--zip", required=True, metavar="DIR")
+    print(package_zip(ap.parse_args().zip))
