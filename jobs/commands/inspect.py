@@ -1,0 +1,144 @@
+"""Terminal summary of a run directory (plain text, fits 100 columns).
+
+Shows which stages are done (_SUCCESS), in / out / rejected per stage and whether they reconcile,
+rejected rows by reason, the balance figures (t, seed, pool, matched, expected and actual kept),
+head / tail split, tail coverage, the per-source breakdown and the top-20 head entries with
+count -> kept. Works on partial runs: the distribution part appears once count and balance are
+done. RUN may be a local path or an s3:// URL.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from curation.errors import InputError
+from jobs import storage
+from jobs.report import COUNTS_FILE, KEPT_FILE, BALANCE_SUMMARY_FILE, StageInfo, load_run, read_stages
+
+WIDTH = 100
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="run directory (local path or s3://bucket/prefix)")
+    parser.add_argument("--top", type=int, default=20, help="how many head entries to list (default 20)")
+
+
+def _n(x: Any) -> str:
+    if isinstance(x, bool) or x is None:
+        return "-"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float) and abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _cut(s: str, width: int) -> str:
+    return s if len(s) <= width else s[: width - 1] + "~"
+
+
+def _stage_lines(stages: list[StageInfo]) -> list[str]:
+    lines = ["STAGES",
+             f"  {'stage':<12}{'done':<6}{'in':>16}{'out':>16}{'rejected':>16}  {'in=out+rej':<11}fingerprint"]
+    if not stages:
+        lines.append("  (no stage directories yet)")
+    for s in stages:
+        sm = s.summary or {}
+        rec = {None: "-", True: "ok", False: "MISMATCH"}[s.reconciles]
+        fp = str((s.success or {}).get("fingerprint", ""))[:12]
+        lines.append(f"  {_cut(s.name, 11):<12}{'yes' if s.done else 'NO':<6}{_n(sm.get('in')):>16}"
+                     f"{_n(sm.get('out')):>16}{_n(s.rejected_total):>16}  {rec:<11}{fp}")
+    rej = []
+    for s in stages:
+        r = (s.summary or {}).get("rejected")
+        if not isinstance(r, dict) or not r:
+            continue
+        stage_in = (s.summary or {}).get("in")
+        for reason, n in sorted(r.items(), key=lambda kv: -int(kv[1])):
+            share = f"({100 * int(n) / stage_in:.2f}% of in)" if isinstance(stage_in, (int, float)) and stage_in else ""
+            ex = s.reject_examples.get(reason, "")
+            line = f"  {_cut(s.name, 11):<12}{_cut(reason, 28):<29}{_n(int(n)):>13} {share:<17}"
+            if ex:
+                line += " e.g. " + _cut(ex, WIDTH - len(line) - 6)
+            rej.append(line.rstrip())
+    if rej:
+        lines += ["", "REJECTED BY REASON"] + rej
+    return lines
+
+
+def format_inspect(run: str, top: int = 20, storage_options: dict | None = None) -> str:
+    """The whole terminal summary as one string (tested directly)."""
+    opts = storage.storage_options_from_env(storage_options)
+    run = run.rstrip("/")
+    stages = read_stages(run, opts)
+    out = [f"RUN {run}", "=" * min(WIDTH, max(20, len(run) + 4)), ""]
+    out += _stage_lines(stages)
+    needed = [COUNTS_FILE, KEPT_FILE, BALANCE_SUMMARY_FILE]
+    missing = [f for f in needed if not storage.exists(storage.join(run, f), opts)]
+    if missing:
+        stage = "count" if COUNTS_FILE in missing else "balance"
+        out += ["", f"Distribution: not available yet ({', '.join(missing)} missing); "
+                    f"run the '{stage}' stage."]
+        return "\n".join(out) + "\n"
+    index = storage.join(run, "report", "index.html")
+    out += ["", f"REPORT  {index}" if storage.exists(index, opts)
+            else f"REPORT  not written yet: metacurate report {run}"]
+    data = load_run(run, opts)
+    summ = data.summary(top_k=top)
+    b = data.balance
+    ht = summ["head_tail"]
+    out += ["", "BALANCE",
+            f"  t = {_n(data.t)}   seed = {_n(b.get('seed'))}   pool = {_n(b.get('pool'))}   "
+            f"matched = {_n(data.matched_texts)}",
+            f"  expected kept = {_n(b.get('expected_kept'))}   kept = {_n(b.get('kept'))}"
+            + (f"   ({100 * b['kept'] / data.matched_texts:.2f}% of matched)"
+               if isinstance(b.get("kept"), (int, float)) and data.matched_texts else ""),
+            f"  entries: {ht['matched_entries']:,} matched of {summ['entries']:,} counted;  "
+            f"head (count > t) {ht['head_entries']:,}, tail {ht['tail_entries']:,}",
+            f"  head holds {100 * ht['head_match_share']:.1f}% of {ht['matches']:,} matches;  "
+            f"top 1% of entries hold {100 * summ['top_1pct_share']:.1f}%",
+            f"  tail coverage: {100 * summ['tail_coverage']:.2f}% of matched entries kept at 100% "
+            f"(count <= t); {summ['entries_kept_whole']:,} entries kept whole"]
+    out += ["", "SOURCES",
+            f"  {'source':<16}{'entries':>11}{'matched':>11}{'head':>8}{'matches':>14}{'kept':>13}"
+            f"{'kept%':>8}{'tail cov':>10}"]
+    for r in summ["sources"]:
+        out.append(f"  {_cut(r['source'], 15):<16}{r['entries']:>11,}{r['matched_entries']:>11,}"
+                   f"{r['head_entries']:>8,}{r['matches']:>14,}{r['kept']:>13,}"
+                   f"{100 * r['kept_share']:>7.1f}%{100 * r['tail_coverage']:>9.1f}%")
+    out += ["", f"TOP-{len(summ['top_head'])} HEAD ENTRIES (texts containing the entry: count before "
+                f"-> kept after balancing at t = {_n(data.t)})",
+            f"  {'#':>3}  {'entry':<34}{'source':<15}{'count':>14}    {'kept':>10}{'kept/count':>12}"]
+    for i, r in enumerate(summ["top_head"], 1):
+        out.append(f"  {i:>3}  {_cut(r['entry'], 33):<34}{_cut(r['source'], 14):<15}{r['count']:>14,} -> "
+                   f"{r['kept']:>10,}{100 * r['kept_fraction']:>11.2f}%")
+    for name in ("download", "dedup", "shard"):
+        st = next((s for s in stages if s.name == name), None)
+        if st is not None and st.summary:
+            extra = {k: v for k, v in st.summary.items()
+                     if k not in ("stage", "in", "out", "rejected") and not isinstance(v, (dict, list))}
+            if extra:
+                items = [f"{k}={_n(v)}" for k, v in extra.items()]
+                out += ["", f"{name.upper()}"] + _wrap(items)
+    return "\n".join(out) + "\n"
+
+
+def _wrap(items: list[str]) -> list[str]:
+    lines, cur = [], "  "
+    for it in items:
+        if len(cur) + len(it) + 3 > WIDTH and cur.strip():
+            lines.append(cur.rstrip())
+            cur = "  "
+        cur += it + "   "
+    if cur.strip():
+        lines.append(cur.rstrip())
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top < 0:
+        raise InputError("--top must be >= 0")
+    print(format_inspect(args.run, top=args.top), end="")
+    return 0
