@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
             mod = importlib.import_module(module)
             p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-            mod.add_arguments(p) if not hasattr(mod, "add_arguments_for") else mod.add_arguments_for(name, p)
+            if hasattr(mod, "add_arguments_for"):
+                mod.add_arguments_for(name, p)
+            else:
+                mod.add_arguments(p)
             p.set_defaults(_module=module)
         else:
             p = sub.add_parser(name, help=help_text + " [not implemented yet]", add_help=False)

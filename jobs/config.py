@@ -85,7 +85,7 @@ class DownloadConfig:
 
 @dataclass
 class DedupConfig:
-    evalsets: str | None = _f(None, "directory with eval_hashes.parquet (from `metacurate evalsets hash`); none: skip")
+    evalsets: str | None = _f(None, "eval_hashes.parquet, its folder or a run dir (from `metacurate evalsets hash`); default: run_dir itself")
     k: int = _f(8, "Hamming distance threshold for near-duplicates")
     phash_mode: str = _f("exact", "pHash path: 'exact' (bit-exact imagehash) or 'fast' (draft-mode JPEG decode)")
 

@@ -96,8 +96,9 @@ def read_success(p: CurateParams, stage: str) -> dict | None:
         return None
 
 
-def _begin_stage(p: CurateParams, stage: str, fingerprint: str) -> bool:
-    """True if the stage must run. Cleans a stage started with another fingerprint."""
+def _begin_stage(p: CurateParams, stage: str, fingerprint: str, keep: tuple[str, ...] = ()) -> bool:
+    """True if the stage must run. Cleans a stage started with another fingerprint, except the
+    files named in ``keep`` (inputs that live in the stage folder, e.g. dedup's eval hashes)."""
     done = read_success(p, stage)
     if done and done.get("fingerprint") == fingerprint:
         log.info("%s: already complete (fingerprint %s), skipping", stage, fingerprint)
@@ -109,7 +110,15 @@ def _begin_stage(p: CurateParams, stage: str, fingerprint: str) -> bool:
         started = None
     if done or not started or started.get("fingerprint") != fingerprint:
         # Stale or different work: start from scratch.
+        kept = {}
+        for name in keep:
+            url = storage.join(stage_dir(p, stage), name)
+            if storage.exists(url, p.storage_options):
+                fs, path = storage.get_fs(url, p.storage_options)
+                kept[name] = fs.cat_file(path)
         storage.remove(stage_dir(p, stage), p.storage_options)
+        for name, data in kept.items():
+            storage.write_bytes_atomic(storage.join(stage_dir(p, stage), name), data, p.storage_options)
         storage.remove(rejects_dir(p, stage), p.storage_options)
         storage.makedirs(stage_dir(p, stage), p.storage_options)
         storage.write_json_atomic(started_url, {"fingerprint": fingerprint}, p.storage_options)

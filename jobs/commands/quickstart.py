@@ -1,45 +1,193 @@
-"""Offline end-to-end demo on generated data (no network): build a pool, curate it, report.
+"""Offline end-to-end demo: the whole MetaCLIP story on a miniature web, in minutes, no network.
 
-  metacurate quickstart [--out runs/quickstart] [--rows 20000] [--t 300] [--master local[*]]
+  metacurate quickstart [--out runs/quickstart] [--tiny] [--train-steps N] [--master local[*]]
 
-Generates a web-like pool (a head of generic captions such as "photo" and "image", a Zipf tail
-of concrete entries, noise: file names, empty/null captions, duplicates) and a small metadata
-list, then runs match -> count -> balance in Spark and prints what it kept and why the rest was
-rejected.
+Steps (each visible as it runs):
+  1. metadata  — real WordNet 3.0 + a generated Wikipedia-format dump and pageview files
+  2. web       — procedurally rendered images (digits, shapes, colours, textures) served by an
+                 HTTP server on 127.0.0.1, a web-like pool of (URL, alt-text) with a head of
+                 generic captions, duplicates, broken links and corrupt files
+  3. eval sets — scikit-learn's handwritten digits and a held-out split, hashed for dedup;
+                 a few held-out images are planted in the pool (re-encoded) to be caught
+  4. curate    — match -> count -> balance -> download -> dedup -> shard in Spark
+  5. report    — distribution report + overlap audit
+  6. train     — the tiny CLIP on the shards (FLIP masking, then unmasked tuning)
+  7. eval      — zero-shot on the real digits, retrieval on the held-out split
+Prints where report/index.html is and the scores.
 """
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import logging
 import os
+import random
+import time
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/quickstart", help="where the pool and the run directory go")
-    p.add_argument("--rows", type=int, default=20_000, help="pool size (default 20000)")
-    p.add_argument("--t", type=float, default=300, help="balancing threshold for this small pool")
+    p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
+    p.add_argument("--tiny", action="store_true", help="a much smaller run (CI): fewer images and steps")
+    p.add_argument("--pool-size", type=int, default=None, help="rows in the generated pool (default 3000; tiny 600)")
+    p.add_argument("--train-steps", type=int, default=None, help="training steps (default 500; tiny 30)")
+    p.add_argument("--t", type=float, default=None, help="balancing threshold (default 60; tiny 20)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--master", default="local[*]")
-    p.add_argument("--tiny", action="store_true", help="a very small run (CI)")
+    p.add_argument("--master", default="local[*]", help="Spark master (default local[*])")
+    p.add_argument("--wordnet", default=None, help="WordNet 3.0 dict dir (default: /usr/share/wordnet)")
+
+
+class _Steps:
+    def __init__(self, total: int):
+        self.total, self.i, self.t0 = total, 0, time.time()
+
+    def __call__(self, title: str) -> None:
+        self.i += 1
+        print(f"\n[{self.i}/{self.total}] {title}  (t+{time.time() - self.t0:.0f}s)", flush=True)
+
+
+def find_wordnet(explicit: str | None) -> str:
+    from curation.errors import InputError
+
+    candidates = [explicit] if explicit else [os.environ.get("METACURATE_WORDNET"), "/usr/share/wordnet"]
+    try:
+        import nltk
+
+        candidates += [os.path.join(p, "corpora", "wordnet") for p in nltk.data.path]
+    except ImportError:
+        pass
+    for c in candidates:
+        if c and os.path.exists(os.path.join(c, "data.noun")):
+            return c
+    raise InputError(
+        "WordNet 3.0 not found. Install Debian's package (`apt-get install wordnet-base`, which puts it in "
+        "/usr/share/wordnet), or point --wordnet at a folder holding data.noun/index.noun (e.g. an "
+        "nltk_data/corpora/wordnet folder).")
+
+
+def _cli(*argv: str) -> None:
+    from jobs.cli import main
+
+    log.debug("metacurate %s", " ".join(argv))
+    rc = main(list(argv))
+    if rc:
+        raise RuntimeError(f"`metacurate {' '.join(argv)}` failed with status {rc}")
+
+
+def _plant_overlaps(web: dict, heldout_dir: str, www: str, base_url: str, n: int, seed: int) -> int:
+    """Copy ``n`` held-out images into the web (resized + re-encoded), as extra pool rows."""
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = random.Random(seed)
+    tars = sorted(os.path.join(heldout_dir, f) for f in os.listdir(heldout_dir) if f.endswith(".tar"))
+    rows = []
+    with tarfile.open(tars[0]) as tf:
+        members = [m for m in tf.getmembers() if m.name.endswith(".jpg")]
+        for m in rng.sample(members, min(n, len(members))):
+            img = Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")
+            img = img.resize((int(img.width * 1.25), int(img.height * 1.25)))
+            name = f"planted-{len(rows):03d}.jpg"
+            os.makedirs(os.path.join(www, "planted"), exist_ok=True)
+            img.save(os.path.join(www, "planted", name), quality=70)
+            rows.append((f"{base_url}/planted/{name}", "a photo of the number seven in red"))
+    pq.write_table(pa.table({"url": [u for u, _ in rows], "text": [t for _, t in rows]}),
+                   os.path.join(web["pool"], "part-planted.parquet"))
+    return len(rows)
 
 
 def run(args) -> int:
-    from jobs.commands.curate import print_summary
-    from jobs.config import load_config
-    from jobs.demo import make_demo_pool
-    from jobs.pipeline import run_pipeline
+    from jobs import synthetic
+    from jobs.spark import get_spark
 
-    rows = 3000 if args.tiny else args.rows
+    tiny = args.tiny
+    pool_size = args.pool_size or (600 if tiny else 3000)
+    steps = args.train_steps or (30 if tiny else 500)
+    t = args.t or (20 if tiny else 60)
     out = os.path.abspath(args.out)
-    log.info("quickstart: generating a %s-row pool under %s", f"{rows:,}", out)
-    data = make_demo_pool(os.path.join(out, "data"), n_rows=rows, seed=args.seed)
-    cfg = load_config(None, [f"run_dir={os.path.join(out, 'run')}", f"pool.path={data['pool']}",
-                             f"metadata.path={data['metadata']}", f"balance.t={args.t}",
-                             f"balance.seed={args.seed}", f"spark.master={args.master}",
-                             "stages=[match, count, balance]"])
-    summaries = run_pipeline(cfg)
-    print_summary(summaries)
-    print(f"run directory: {cfg.run_dir}")
+    run_dir = os.path.join(out, "run")
+    data = os.path.join(out, "data")
+    os.makedirs(data, exist_ok=True)
+    step = _Steps(7)
+    wordnet = find_wordnet(args.wordnet)
+    get_spark(args.master)  # one session for every step
+
+    step("metadata: WordNet 3.0 + a generated Wikipedia dump and pageviews")
+    wiki = os.path.join(data, "wiki", "enwiki-pages-articles.xml.bz2")
+    pv = os.path.join(data, "pageviews")
+    if not os.path.exists(wiki):
+        os.makedirs(os.path.dirname(wiki), exist_ok=True)
+        synthetic.make_wiki_dump(wiki, n_pages=60 if tiny else 200, seed=args.seed)
+        synthetic.make_pageviews(pv, n_files=3, seed=args.seed)
+    meta_dir = os.path.join(run_dir, "metadata")
+    if not os.path.exists(os.path.join(meta_dir, "metadata.json")):
+        _cli("metadata", "build", "--wordnet", wordnet, "--wiki", wiki, "--pageviews", os.path.join(pv, "*.gz"),
+             "--out", meta_dir, "--unigram-min-count", "20", "--bigram-min-pmi", "5", "--bigram-min-count", "5",
+             "--master", args.master)
+    n_entries = len(json.load(open(os.path.join(meta_dir, "metadata.json"))))
+    print(f"  metadata: {n_entries:,} entries -> {meta_dir}")
+
+    step("web: rendering images, starting an HTTP server on 127.0.0.1, writing the pool")
+    www_root = os.path.join(data, "web")
+    base_url, stop_server = synthetic.serve_directory(os.path.join(www_root, "www"), port=0) \
+        if os.path.isdir(os.path.join(www_root, "www")) else (None, None)
+    if base_url is None:
+        os.makedirs(os.path.join(www_root, "www"), exist_ok=True)
+        base_url, stop_server = synthetic.serve_directory(os.path.join(www_root, "www"), port=0)
+    try:
+        web = synthetic.make_web_pool(www_root, n=pool_size, seed=args.seed, base_url=base_url)
+        heldout = os.path.join(run_dir, "heldout")
+        if not os.path.isdir(heldout):
+            synthetic.heldout_split(heldout, n=100 if tiny else 300, seed=args.seed + 1_000_003)
+        planted = _plant_overlaps(web, heldout, os.path.join(www_root, "www"), base_url, 5 if tiny else 12,
+                                  args.seed)
+        print(f"  pool: {pool_size + planted:,} rows ({planted} planted copies of held-out images) at {base_url}")
+
+        step("eval sets: hashing scikit-learn digits and the held-out split")
+        from eval.datasets import load_digits_dataset, write_image_folder
+
+        digits_dir = os.path.join(data, "digits")
+        if not os.path.isdir(digits_dir):
+            write_image_folder(load_digits_dataset(64), digits_dir)
+        _cli("evalsets", "hash", "--name", "digits", "--images", digits_dir, "--out", run_dir)
+        _cli("evalsets", "hash", "--name", "heldout", "--images", heldout, "--out", run_dir)
+
+        step("curate: match -> count -> balance -> download -> dedup -> shard (Spark)")
+        config = os.path.join(out, "run.yaml")
+        with open(config, "w") as f:
+            f.write(f"run_dir: {run_dir}\npool: {{path: {web['pool']}, rows_per_unit: 1000}}\n"
+                    f"metadata: {{path: {meta_dir}/metadata.json}}\nbalance: {{t: {t}, seed: {args.seed}}}\n"
+                    f"download: {{image_size: 64, processes: 2, threads: 8, timeout: 5}}\n"
+                    "dedup: {k: 8}\n"
+                    f"shard: {{samples_per_shard: 250}}\nspark: {{master: '{args.master}'}}\n")
+        _cli("run", "--config", config)
+    finally:
+        stop_server()
+
+    step("report: distribution report and overlap audit")
+    _cli("report", run_dir)
+    _cli("audit", run_dir)
+
+    step(f"train: tiny CLIP, {steps} steps, FLIP masking 0.5 then unmasked tuning")
+    shards = json.load(open(os.path.join(run_dir, "shards", "sizes.json")))
+    pattern = os.path.join(run_dir, "shards", "{" + ",".join(sorted(k.rsplit('.', 1)[0] for k in shards)) + "}.tar") \
+        if len(shards) > 1 else os.path.join(run_dir, "shards", next(iter(shards)))
+    train_dir = os.path.join(out, "train")
+    _cli("train", "--shards", pattern, "--model", "tiny", "--steps", str(steps), "--out", train_dir,
+         "--batch-size", "64", "--mask-ratio", "0.5", "--unmasked-steps", str(max(steps // 5, 1)),
+         "--save-every", str(max(steps // 2, 1)), "--seed", str(args.seed), "--workers", "1")
+
+    step("eval: zero-shot on scikit-learn digits, retrieval on the held-out split")
+    results = os.path.join(out, "eval", "results.json")
+    _cli("eval", "--checkpoint", train_dir, "--zeroshot", "digits", "--retrieval", heldout, "--out", results,
+         "--overlap", run_dir, "--html", os.path.join(out, "eval"))
+    print(f"\nDone in {time.time() - step.t0:.0f}s.")
+    print(f"  distribution report: {os.path.join(run_dir, 'report', 'index.html')}")
+    print(f"  overlap audit:       {os.path.join(run_dir, 'audit', 'index.html')}")
+    print(f"  eval results:        {results}")
     return 0
