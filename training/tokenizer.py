@@ -1,0 +1,130 @@
+"""Offline tokenizers for the text tower.
+
+Nothing is downloaded at run time. The default is a byte-level BPE trained with the HF
+``tokenizers`` library on the curated captions themselves (seconds for tens of thousands of
+captions) and saved as ``tokenizer.json`` next to the checkpoint (and embedded in it). A
+byte-level fallback (256 byte ids + specials) needs no training at all.
+
+Both produce padded ``[B, context_length]`` id tensors with ``<sot>`` first and ``<eot>`` last
+(truncating the text in between), plus the position of ``<eot>`` that the text tower reads.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PAD, SOT, EOT = "<pad>", "<sot>", "<eot>"
+
+
+class _Base:
+    """Shared padding/truncation logic; subclasses turn a text into a list of content ids."""
+
+    pad_id: int
+    sot_id: int
+    eot_id: int
+    vocab_size: int
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def __call__(self, texts: Sequence[str], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids ``[B, L]`` (padded) and the index of each row's ``<eot>`` token ``[B]``."""
+        out = torch.full((len(texts), context_length), self.pad_id, dtype=torch.long)
+        eot_index = torch.empty(len(texts), dtype=torch.long)
+        for row, ids in enumerate(self._ids(list(texts))):
+            ids = [self.sot_id] + ids[: context_length - 2] + [self.eot_id]
+            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            eot_index[row] = len(ids) - 1
+        return out, eot_index
+
+    def to_json(self) -> str:
+        raise NotImplementedError
+
+
+class ByteTokenizer(_Base):
+    """UTF-8 bytes as ids 0..255, then ``<pad>``, ``<sot>``, ``<eot>``: no training needed."""
+
+    kind = "bytes"
+
+    def __init__(self) -> None:
+        self.pad_id, self.sot_id, self.eot_id = 256, 257, 258
+        self.vocab_size = 259
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(t.encode("utf-8")) for t in texts]
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind})
+
+
+class BPETokenizer(_Base):
+    """A byte-level BPE (HF ``tokenizers``) with lowercasing + NFC normalisation."""
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer) -> None:  # tokenizers.Tokenizer
+        self._tok = tokenizer
+        self.pad_id = tokenizer.token_to_id(PAD)
+        self.sot_id = tokenizer.token_to_id(SOT)
+        self.eot_id = tokenizer.token_to_id(EOT)
+        if None in (self.pad_id, self.sot_id, self.eot_id):
+            raise ValueError("tokenizer.json lacks the <pad>/<sot>/<eot> special tokens")
+        self.vocab_size = tokenizer.get_vocab_size()
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096) -> "BPETokenizer":
+        """Learn merges from the captions (the only data we may assume offline)."""
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, SOT, EOT],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return [enc.ids for enc in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "tokenizer": json.loads(self._tok.to_str())})
+
+    def __getstate__(self) -> dict:  # picklable for DataLoader workers on any start method
+        return {"json": self._tok.to_str()}
+
+    def __setstate__(self, state: dict) -> None:
+        from tokenizers import Tokenizer
+
+        self.__init__(Tokenizer.from_str(state["json"]))
+
+
+Tokenizer = _Base
+
+
+def tokenizer_from_json(text: str) -> _Base:
+    """Rebuild a tokenizer from ``to_json()`` output (stored in checkpoints and tokenizer.json)."""
+    data = json.loads(text)
+    if data.get("kind") == "bytes":
+        return ByteTokenizer()
+    if data.get("kind") == "bpe":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return BPETokenizer(HFTokenizer.from_str(json.dumps(data["tokenizer"])))
+    raise ValueError(f"unknown tokenizer kind {data.get('kind')!r}")
+
+
+def save_tokenizer(tokenizer: _Base, path: str | Path) -> None:
+    Path(path).write_text(tokenizer.to_json(), encoding="utf-8")
+
+
+def load_tokenizer(path: str | Path) -> _Base:
+    return tokenizer_from_json(Path(path).read_text(encoding="utf-8"))
