@@ -153,7 +153,7 @@ def run(args) -> int:
 
         digits_dir = os.path.join(data, "digits")
         if not os.path.isdir(digits_dir):
-            write_image_folder(load_digits_dataset(64), digits_dir)
+            write_image_folder(load_digits_dataset(64), digits_dir, flat=True)
         _cli("evalsets", "hash", "--name", "digits", "--images", digits_dir, "--out", run_dir)
         _cli("evalsets", "hash", "--name", "heldout", "--images", heldout, "--out", run_dir)
 
