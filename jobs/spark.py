@@ -43,6 +43,7 @@ def ensure_java() -> str:
 def package_zip(dest_dir: str | None = None) -> str:
     """Zip our import packages (sources only) for ``--py-files``/``addPyFile``."""
     dest_dir = dest_dir or tempfile.mkdtemp(prefix="metacurate-pyfiles-")
+    Path(dest_dir).mkdir(parents=True, exist_ok=True)
     out = Path(dest_dir) / "metacurate_pkgs.zip"
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         for pkg in PACKAGES:
@@ -86,8 +87,9 @@ def get_spark(master: str | None = None, app_name: str = "metacurate",
         .config("spark.executorEnv.PYSPARK_PYTHON", os.environ["PYSPARK_PYTHON"])
     )
     if master.startswith("local"):
-        builder = builder.config("spark.driver.host", "127.0.0.1").config(
-            "spark.driver.bindAddress", "127.0.0.1")
+        # Small shuffles on one machine: the default 200 partitions cost tens of seconds per job.
+        builder = (builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+                   .config("spark.sql.shuffle.partitions", str(max(4, 2 * (os.cpu_count() or 2)))))
     for k, v in (conf or {}).items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

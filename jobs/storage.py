@@ -24,7 +24,7 @@ def storage_options_from_env(options: dict | None = None) -> dict:
     """Explicit options win; otherwise s3fs reads AWS_* variables. AWS_ENDPOINT_URL is honoured."""
     opts = dict(options or {})
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
-    if endpoint and "endpoint_url" not in opts and "client_kwargs" not in opts:
+    if endpoint and "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
         opts["endpoint_url"] = endpoint
     return opts
 
