@@ -70,6 +70,7 @@ class BalanceConfig:
     target_size: int | None = _f(None, "instead of t: solve the smallest t whose expected kept count reaches this")
     seed: int = _f(0, "seed of the deterministic per-uid draw")
     sweep_points: int = _f(40, "number of t values in balance/t_sweep.json (kept fraction vs t plot)")
+    mode: str = _f("metaclip", "'metaclip' (p = min(1, t/count)) or 'random' (a uniform subset of target_size matched rows: the control arm)")
 
 
 @dataclass
@@ -122,6 +123,10 @@ class RunConfig:
             raise InputError("set `balance.t` or `balance.target_size`")
         if self.pool.on_bad_file not in ("fail", "skip"):
             raise InputError(f"`pool.on_bad_file` must be 'fail' or 'skip', got {self.pool.on_bad_file!r}")
+        if self.balance.mode not in ("metaclip", "random"):
+            raise InputError(f"`balance.mode` must be 'metaclip' or 'random', got {self.balance.mode!r}")
+        if self.balance.mode == "random" and self.balance.target_size is None:
+            raise InputError("`balance.mode: random` needs `balance.target_size`")
         if self.dedup.phash_mode not in ("exact", "fast"):
             raise InputError(f"`dedup.phash_mode` must be 'exact' or 'fast', got {self.dedup.phash_mode!r}")
         known = ["match", "count", "balance", "download", "dedup", "shard"]

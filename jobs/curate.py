@@ -61,8 +61,13 @@ class CurateParams:
     on_bad_file: str = "fail"  # or "skip": record a file-level reject and go on
     sweep_points: int = 40
     storage_options: dict = field(default_factory=dict)
+    balance_mode: str = "metaclip"  # or "random": the same p_keep = target_size / matched for every row
 
     def validate(self) -> None:
+        if self.balance_mode not in ("metaclip", "random"):
+            raise InputError(f"balance mode must be 'metaclip' or 'random', got {self.balance_mode!r}")
+        if self.balance_mode == "random" and self.target_size is None:
+            raise InputError("balance mode 'random' needs `target_size` (the number of rows to keep)")
         if (self.t is None) == (self.target_size is None):
             raise InputError("set exactly one of `t` (e.g. 20000) or `target_size` (rows to keep)")
         if self.t is not None and not self.t > 0:
@@ -80,8 +85,12 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+#: Stage name -> folder under the run directory (DESIGN §2 names the shard output `shards/`).
+STAGE_DIRS = {"shard": "shards"}
+
+
 def stage_dir(p: CurateParams, stage: str) -> str:
-    return storage.join(p.out, stage)
+    return storage.join(p.out, STAGE_DIRS.get(stage, stage))
 
 
 def rejects_dir(p: CurateParams, stage: str) -> str:
@@ -532,7 +541,10 @@ def _balance_unit(unit: dict, ctx: dict) -> dict:
     counts = ctx["counts_bc"].value
     table = storage.read_parquet(unit["path"], p.storage_options)
     offsets, flat = _csr(table.column("entry_ids"))
-    pk = balancing.p_keep_csr(offsets, flat, prob)
+    if ctx.get("uniform_p") is not None:  # the random-subset control: entries ignored
+        pk = np.full(table.num_rows, ctx["uniform_p"], dtype=np.float64)
+    else:
+        pk = balancing.p_keep_csr(offsets, flat, prob)
     uids = table.column("uid").to_pylist()
     u = balancing.uniform_from_uids(p.seed, uids)
     keep = u < pk
@@ -557,7 +569,7 @@ def run_balance(spark, p: CurateParams) -> dict:
     if not count_done:
         raise InputError(f"the count stage has not completed under {p.out}; run it first")
     fingerprint = _fingerprint("balance", JOB_VERSION, count_done["fingerprint"], p.t, p.target_size, p.seed,
-                               p.sweep_points)
+                               p.sweep_points, p.balance_mode)
     if not _begin_stage(p, "balance", fingerprint):
         return storage.read_json(storage.join(stage_dir(p, "balance"), "summary.json"), p.storage_options)
     n_entries = len(load_metadata_json(p.metadata, p.storage_options))
@@ -567,7 +579,13 @@ def run_balance(spark, p: CurateParams) -> dict:
     counts_bc = sc.broadcast(counts.astype(np.float32))
     max_count = int(counts.max()) if counts.size else 1
     t = p.t
-    if p.target_size is not None:
+    uniform_p = None
+    if p.balance_mode == "random":
+        matched_rows = storage.read_json(storage.join(stage_dir(p, "match"), "summary.json"), p.storage_options)["out"]
+        uniform_p = min(1.0, p.target_size / max(matched_rows, 1))
+        t = float(max_count)  # reported only; every row gets uniform_p
+        log.info("balance: random mode, p_keep = %.6g for every matched row", uniform_p)
+    elif p.target_size is not None:
         log.info("balance: solving t for target_size=%s", f"{p.target_size:,}")
         t = float(balancing.solve_t(lambda ts: _expected_kept(spark, files, counts_bc, ts, p.storage_options),
                                     p.target_size, max_count))
@@ -576,7 +594,7 @@ def run_balance(spark, p: CurateParams) -> dict:
     p_bc = sc.broadcast(prob)
     ts = sorted(set(np.unique(np.geomspace(1, max(max_count, 2), p.sweep_points).round()).tolist()) | {float(t)})
     units = [{"unit": i, "path": f} for i, f in enumerate(files)]
-    ctx = {"params": asdict(p), "p_bc": p_bc, "counts_bc": counts_bc, "ts": ts}
+    ctx = {"params": asdict(p), "p_bc": p_bc, "counts_bc": counts_bc, "ts": ts, "uniform_p": uniform_p}
     results = _run_units(spark, p, "balance", units, _balance_unit, ctx)
     total = _merge_summaries(results)
     sweep = np.sum([r["sweep"] for r in results], axis=0) if results else np.zeros(len(ts))
@@ -589,7 +607,7 @@ def run_balance(spark, p: CurateParams) -> dict:
                                  storage.join(stage_dir(p, "balance"), "kept_counts.parquet"), p.storage_options)
     match_summary = storage.read_json(storage.join(stage_dir(p, "match"), "summary.json"), p.storage_options)
     matched = counts > 0
-    summary = {**total, "t": t, "target_size": p.target_size, "seed": p.seed,
+    summary = {**total, "t": t, "target_size": p.target_size, "seed": p.seed, "mode": p.balance_mode,
                "pool": match_summary["in"], "matched": total["in"],
                "expected_kept": float(sum(r["expected_kept"] for r in results)),
                "kept": total["out"],

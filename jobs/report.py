@@ -36,8 +36,8 @@ from jobs import storage
 log = logging.getLogger(__name__)
 
 # Pipeline order; any other stage directory holding a summary.json is listed after these.
-STAGE_ORDER = ["metadata", "match", "count", "balance", "download", "dedup", "shard", "audit"]
-LATER_STAGES = ("download", "dedup", "shard")  # optional after balance: shown as "not run yet"
+STAGE_ORDER = ["metadata", "match", "count", "balance", "download", "dedup", "shards", "audit"]
+LATER_STAGES = ("download", "dedup", "shards")  # optional after balance: shown as "not run yet"
 REJECT_EXAMPLE_ROWS = 2000  # rows read from the first reject files to show one example per reason
 REJECT_EXAMPLE_FILES = 3
 
@@ -681,7 +681,7 @@ def render_html(data: RunData, summary: dict[str, Any], plots: list[tuple[str, s
             continue  # its own section above
         if st is None or (st.summary is None and not st.done):
             blocks.append(f"<h3>{_e(name)}</h3><p class='na'>Not run yet — "
-                          f"<code>metacurate {_e(name)} --config run.yaml</code> produces it.</p>")
+                          f"<code>metacurate {_e(name.rstrip('s') if name == 'shards' else name)} --config run.yaml</code> produces it.</p>")
         elif st.summary is None:
             blocks.append(f"<h3>{_e(name)}</h3><p class='na'>Done (_SUCCESS present) but no summary.json.</p>")
         else:

@@ -114,7 +114,7 @@ def format_inspect(run: str, top: int = 20, storage_options: dict | None = None)
     for i, r in enumerate(summ["top_head"], 1):
         out.append(f"  {i:>3}  {_cut(r['entry'], 33):<34}{_cut(r['source'], 14):<15}{r['count']:>14,} -> "
                    f"{r['kept']:>10,}{100 * r['kept_fraction']:>11.2f}%")
-    for name in ("download", "dedup", "shard"):
+    for name in ("download", "dedup", "shards"):
         st = next((s for s in stages if s.name == name), None)
         if st is not None and st.summary:
             extra = {k: v for k, v in st.summary.items()

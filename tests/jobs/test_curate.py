@@ -168,3 +168,14 @@ def test_rerun_skips_and_interrupted_stage_resumes(spark, demo, tmp_path):
     after = sorted(_read_dir(os.path.join(run, "balance")).column("uid").to_pylist())
     assert after == before and len(after) == len(set(after))
 
+
+
+def test_random_mode_keeps_a_uniform_subset_of_the_target_size(spark, demo, tmp_path):
+    run = str(tmp_path / "run")
+    s = run_curate(spark, CurateParams(pool=demo["pool"], metadata=demo["metadata"], out=run, t=None,
+                                       target_size=800, seed=4, balance_mode="random"))
+    kept = _read_dir(os.path.join(run, "balance"))
+    matched = s["match"]["out"]
+    assert np.allclose(kept.column("p_keep").to_numpy(), 800 / matched)
+    assert abs(kept.num_rows - 800) < 5 * np.sqrt(800)
+    assert s["balance"]["mode"] == "random" and s["balance"]["expected_kept"] == pytest.approx(800)

@@ -1,0 +1,114 @@
+"""pHash parity with imagehash, batch parity, fast-path closeness, and failure handling."""
+from __future__ import annotations
+
+import io
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image
+
+from curation.phash import (ImageDecodeError, hamming, hash_to_hex, phash, phash_batch, phash_bytes,
+                            phash_bytes_batch)
+
+
+def _ref(img: Image.Image) -> int:
+    return int(str(imagehash.phash(img)), 16)
+
+
+def _varied_images(natural, n: int = 540) -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        w, h = int(rng.integers(8, 200)), int(rng.integers(8, 200))
+        base = natural(rng, w, h) if i % 3 else Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        kind = i % 9
+        if kind == 0:
+            img = base
+        elif kind == 1:
+            img = base.convert("RGBA")
+            img.putalpha(Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)))
+        elif kind == 2:
+            img = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=int(rng.integers(2, 256)))
+        elif kind == 3:
+            img = base.convert("L")
+        elif kind == 4:
+            img = base.convert("CMYK")
+        elif kind == 5:
+            arr = np.asarray(base.convert("L")).astype("<u2") * 257
+            img = Image.frombytes("I;16", (w, h), arr.tobytes())
+        elif kind == 6:
+            img = base.convert("LA")
+        elif kind == 7:
+            img = base.convert("1")
+        else:  # JPEG with an EXIF orientation tag (rotate 90): imagehash ignores it, so must we
+            exif = Image.Exif()
+            exif[0x0112] = int(rng.choice([3, 6, 8]))
+            b = io.BytesIO()
+            base.save(b, "JPEG", exif=exif.tobytes(), quality=85)
+            img = Image.open(io.BytesIO(b.getvalue()))
+        out.append(img)
+    return out
+
+
+def test_phash_bit_exact_with_imagehash(natural):
+    images = _varied_images(natural)
+    modes = {im.mode for im in images}
+    assert {"RGB", "RGBA", "P", "L", "CMYK", "I;16", "LA", "1"} <= modes
+    ref = [_ref(im) for im in images]
+    assert [phash(im) for im in images] == ref
+    batch = phash_batch(images)
+    assert batch.dtype == np.uint64
+    assert [int(h) for h in batch] == ref
+    assert hash_to_hex(ref[0]) == str(imagehash.phash(images[0]))
+
+
+def test_exif_orientation_not_applied(natural):
+    """A rotated-by-EXIF JPEG hashes like its stored pixels (imagehash's behaviour), not rotated."""
+    rng = np.random.default_rng(3)
+    base = natural(rng, 200, 120)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    b = io.BytesIO()
+    base.save(b, "JPEG", exif=exif.tobytes(), quality=90)
+    data = b.getvalue()
+    from PIL import ImageOps
+    stored = _ref(Image.open(io.BytesIO(data)))
+    rotated = _ref(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    assert stored != rotated
+    assert phash_bytes(data) == stored
+
+
+def test_bytes_paths(natural):
+    rng = np.random.default_rng(11)
+    datas = []
+    for _ in range(40):
+        b = io.BytesIO()
+        natural(rng, int(rng.integers(256, 700)), int(rng.integers(256, 700))).save(b, "JPEG", quality=85)
+        datas.append(b.getvalue())
+    ref = np.array([_ref(Image.open(io.BytesIO(d))) for d in datas], dtype=np.uint64)
+    exact = np.array([phash_bytes(d) for d in datas], dtype=np.uint64)
+    assert np.array_equal(exact, ref)
+    batch, errs = phash_bytes_batch(datas, workers=2)
+    assert errs == [None] * len(datas) and np.array_equal(batch, ref)
+    fast, _ = phash_bytes_batch(datas, mode="fast")
+    d = hamming(fast, ref)
+    assert np.median(d) <= 2 and d.max() <= 10, d
+
+
+def test_corrupt_and_bomb_images(natural, huge_png_header):
+    good = io.BytesIO()
+    natural(np.random.default_rng(0), 64, 64).save(good, "JPEG")
+    truncated = good.getvalue()[: len(good.getvalue()) // 2]
+    cases = {b"": "corrupt_image", b"not an image at all": "corrupt_image", truncated: "corrupt_image"}
+    cases[huge_png_header()] = "image_too_large"
+    for data, reason in cases.items():
+        for mode in ("exact", "fast"):
+            with pytest.raises(ImageDecodeError) as info:
+                phash_bytes(data, mode=mode)
+            assert info.value.reason == reason
+    hashes, errs = phash_bytes_batch(list(cases) + [good.getvalue()])
+    assert [e.reason if e else None for e in errs] == list(cases.values()) + [None]
+    assert hashes[-1] == phash_bytes(good.getvalue())
+    with pytest.raises(ValueError):
+        phash_bytes(good.getvalue(), mode="nope")

@@ -1,0 +1,154 @@
+"""download -> dedup -> shard -> audit against a local HTTP server (no internet)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curation.neardup import brute_force_pairs
+
+pytestmark = pytest.mark.slow
+
+
+def _jpeg(img, q=92):
+    import io
+    b = io.BytesIO()
+    img.convert("RGB").save(b, "JPEG", quality=q)
+    return b.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, http_server, natural, huge_png_header):
+    """A run dir with balance/ rows pointing at the server, and an eval image folder."""
+    rng = np.random.default_rng(42)
+    root = tmp_path_factory.mktemp("run")
+    evals_dir = root / "evalimgs" / "sub"
+    evals_dir.mkdir(parents=True)
+    eval_imgs = [natural(rng, 320, 320) for _ in range(4)]
+    for i, im in enumerate(eval_imgs):
+        im.save(evals_dir / f"e{i}.png")
+    routes, expect = {}, {}
+    for i in range(14):
+        routes[f"/ok{i}.jpg"] = (200, _jpeg(natural(rng, int(rng.integers(200, 400)), int(rng.integers(200, 400)))), 0.0)
+        expect[f"/ok{i}.jpg"] = "success"
+    for i in range(3):  # planted eval near-duplicates: half size + recompression
+        im = eval_imgs[i]
+        routes[f"/planted{i}.jpg"] = (200, _jpeg(im.resize((160, 160)), 60), 0.0)
+        expect[f"/planted{i}.jpg"] = "success"
+    expect.update({"/missing0.jpg": "http_404", "/missing1.jpg": "http_404", "/later.jpg": "http_404"})
+    routes["/slow.jpg"] = (200, routes["/ok0.jpg"][1], 6.0)
+    expect["/slow.jpg"] = "timeout"
+    routes["/corrupt.jpg"] = (200, routes["/ok1.jpg"][1][:300] + b"\x00garbage" * 50, 0.0)
+    expect["/corrupt.jpg"] = "decode_error"
+    routes["/empty.jpg"] = (200, b"", 0.0)
+    expect["/empty.jpg"] = "decode_error"
+    routes["/huge.png"] = (200, huge_png_header(), 0.0)
+    expect["/huge.png"] = "decode_error"
+    routes["/tiny.jpg"] = (200, _jpeg(natural(rng, 12, 12)), 0.0)
+    expect["/tiny.jpg"] = "too_small"
+    http_server.routes.update(routes)
+    paths = sorted(expect)
+    bal = root / "balance"
+    bal.mkdir()
+    t = pa.table({"uid": [f"uid-{p.strip('/').split('.')[0]}" for p in paths],
+                  "url": [http_server.url(p) for p in paths],
+                  "text": [f"a photo {i}" for i in range(len(paths))],
+                  "entry_ids": pa.array([[i % 3, 5] for i in range(len(paths))], pa.list_(pa.int32())),
+                  "p_keep": [0.25] * len(paths)})
+    pq.write_table(t, bal / "part-00000.parquet")
+    pq.write_table(pa.table({"entry_id": pa.array([1], pa.int32()), "kept": [3]}), bal / "kept_counts.parquet")
+    (root / "metadata").mkdir()
+    pq.write_table(pa.table({"entry_id": pa.array(range(6), pa.int32()), "entry": [f"e{i}" for i in range(6)]}),
+                   root / "metadata" / "entries.parquet")
+    return {"root": root, "expect": {f"uid-{p.strip('/').split('.')[0]}": r for p, r in expect.items()},
+            "evals": root / "evalimgs", "server": http_server, "later_body": routes["/ok2.jpg"][1]}
+
+
+def test_download_dedup_shard_audit(run, spark):
+    from eval.audit import audit_run
+    from jobs.images import dedup_stage, download_stage, hash_evalset, shard_stage
+
+    root = run["root"]
+    kw = dict(image_size=96, resize_mode="center_crop", processes=1, threads=8, timeout=2, min_image_size=32,
+              samples_per_shard=8)
+    s = download_stage(str(root / "balance"), str(root / "download"), str(root / "rejects/download"), **kw)
+    assert s["in"] == len(run["expect"]) == s["out"] + sum(s["rejected"].values())
+    rej = pq.read_table(root / "rejects/download").to_pylist()
+    got = {r["uid"]: r["reason"] for r in rej}
+    want = {u: r for u, r in run["expect"].items() if r != "success"}
+    assert got == want, (got, want)
+    assert all(r["stage"] == "download" and r["detail"] for r in rej)
+    n_ok = s["out"]
+
+    # the server now serves the image that 404'd; retry only the failed ones, this time with
+    # img2dataset's pyspark distributor on the test session
+    (root / "download" / "summary.json").write_text("{}")  # what the stage framework leaves there
+    run["server"].routes["/later.jpg"] = (200, run["later_body"], 0.0)
+    s2 = download_stage(str(root / "balance"), str(root / "download"), str(root / "rejects/download"),
+                        retry_failed=True, spark=spark, **kw)
+    assert s2["out"] == n_ok + 1 and s2["in"] == s["in"]
+    assert "uid-later" not in set(pq.read_table(root / "rejects/download").column("uid").to_pylist())
+    assert s2["rejected"] == {r: n - (r == "http_404") for r, n in s["rejected"].items()}
+    assert len(list((root / "download").glob("*.tar"))) == 5  # 4 shards + 1 shard of retries
+
+    h = hash_evalset("toy-eval", str(run["evals"]), str(root / "dedup"))
+    assert h["hashed"] == 4
+    d = dedup_stage(spark, str(root / "download"), str(root / "dedup"), str(root / "dedup"),
+                    str(root / "rejects/dedup"), k=8)
+    assert d["in"] == s2["out"] and d["rejected"] == {"eval_overlap": 3}
+    overlap = pq.read_table(root / "dedup/overlap.parquet").to_pylist()
+    assert {r["uid"] for r in overlap} == {"uid-planted0", "uid-planted1", "uid-planted2"}
+    assert all(r["dataset"] == "toy-eval" for r in overlap)
+    # Spark search == brute force over the same hashes
+    hashes = pq.read_table(root / "dedup/hashes")
+    evals = pq.read_table(root / "dedup/eval_hashes.parquet")
+    q, e, dist = brute_force_pairs(hashes.column("phash").to_numpy(), evals.column("phash").to_numpy(), 8)
+    bf = {(hashes.column("uid")[int(i)].as_py(), evals.column("key")[int(j)].as_py(), int(x)) for i, j, x in zip(q, e, dist)}
+    assert bf == {(r["uid"], r["key"], r["hamming"]) for r in overlap}
+    drej = pq.read_table(root / "rejects/dedup").to_pylist()
+    assert all(r["reason"] == "eval_overlap" and "dataset=toy-eval" in r["detail"] for r in drej)
+
+    sh = shard_stage(str(root / "download"), str(root / "dedup"), str(root / "shards"), str(root / "rejects/shard"),
+                     samples_per_shard=5)
+    assert sh["out"] == d["out"] == s2["out"] - 3
+    import webdataset as wds
+    sizes = json.loads((root / "shards/sizes.json").read_text())
+    pattern = str(root / "shards" / f"{{000000..{len(sizes) - 1:06d}}}.tar")
+    samples = list(wds.WebDataset(pattern, shardshuffle=False).decode("pil"))
+    assert len(samples) == sh["out"] == sum(sizes.values())
+    meta = samples[0]["json"]
+    assert set(meta) >= {"uid", "url", "entry_ids", "entries", "phash", "p_keep"}
+    assert meta["entries"] == [f"e{i}" for i in meta["entry_ids"]] and len(meta["phash"]) == 16
+    assert isinstance(samples[0]["jpg"], Image.Image) and samples[0]["jpg"].size == (96, 96)
+    assert not {m["json"]["uid"] for m in samples} & {"uid-planted0", "uid-planted1", "uid-planted2"}
+
+    a = audit_run(str(root))
+    page = (root / "audit/index.html").read_text()
+    assert a["overlapping_pool_images"] == 3 and a["per_dataset"]["toy-eval"]["pool_images"] == 3
+    assert "k_sweep.png" in page and page.count("data:image/jpeg;base64,") == 2 * a["pairs"]
+    assert a["k_sweep"]["overlapping_pool_images"][8] == 3
+    assert (root / "audit/k_sweep.png").stat().st_size > 1000
+
+
+def test_cli_evalsets_and_audit_shards(run, tmp_path):
+    from jobs.cli import main
+
+    root = run["root"]
+    if not (root / "shards").exists():
+        pytest.skip("needs the pipeline test's run")
+    out = tmp_path / "run2"
+    assert main(["evalsets", "hash", "--name", "toy-eval", "--images", str(run["evals"]), "--out", str(out)]) == 0
+    assert pq.read_table(out / "dedup/eval_hashes.parquet").num_rows == 4
+    # the download tars still hold the planted images: an audit of them finds the 3 overlaps
+    rc = main(["audit", "--shards", str(root / "download" / "{00000..00003}.tar"), "--evalsets", str(out),
+               "--out", str(tmp_path / "aud")])
+    assert rc == 0
+    assert json.loads((tmp_path / "aud/audit.json").read_text())["overlapping_pool_images"] == 3
+    # the curated shards are clean
+    assert main(["audit", "--shards", str(root / "shards"), "--evalsets", str(out), "--out", str(tmp_path / "aud2")]) == 0
+    assert json.loads((tmp_path / "aud2/audit.json").read_text())["overlapping_pool_images"] == 0
+    assert main(["audit"]) == 2
