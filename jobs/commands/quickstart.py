@@ -140,7 +140,8 @@ def run(args) -> int:
         os.makedirs(os.path.join(www_root, "www"), exist_ok=True)
         base_url, stop_server = synthetic.serve_directory(os.path.join(www_root, "www"), port=0)
     try:
-        web = synthetic.make_web_pool(www_root, n=pool_size, seed=args.seed, base_url=base_url)
+        # workers=1: forking beside a live Spark gateway lets the children disturb its socket
+        web = synthetic.make_web_pool(www_root, n=pool_size, seed=args.seed, base_url=base_url, workers=1)
         heldout = os.path.join(run_dir, "heldout")
         if not os.path.isdir(heldout):
             synthetic.heldout_split(heldout, n=100 if tiny else 300, seed=args.seed + 1_000_003)
