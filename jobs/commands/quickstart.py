@@ -101,8 +101,97 @@ def _plant_overlaps(web: dict, heldout_dir: str, www: str, base_url: str, n: int
     return len(rows)
 
 
-def run(args) -> int:
+def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: str, wordnet: str | None,
+                  step=None) -> dict:
+    """Metadata, the served web + pool, the held-out split and the hashed eval sets.
+
+    Returns paths and ``stop_server`` (the HTTP server keeps running for the download stage).
+    """
+    from eval.datasets import load_digits_dataset, write_image_folder
     from jobs import synthetic
+
+    step = step or (lambda title: print(f"\n== {title}", flush=True))
+    data = os.path.join(out, "data")
+    os.makedirs(data, exist_ok=True)
+    wordnet_dir = find_wordnet(wordnet)
+
+    step("metadata: WordNet 3.0 + a generated Wikipedia dump and pageviews")
+    wiki = os.path.join(data, "wiki", "enwiki-pages-articles.xml.bz2")
+    pv = os.path.join(data, "pageviews")
+    if not os.path.exists(wiki):
+        os.makedirs(os.path.dirname(wiki), exist_ok=True)
+        synthetic.make_wiki_dump(wiki, n_pages=60 if tiny else 200, seed=seed)
+        synthetic.make_pageviews(pv, n_files=3, seed=seed)
+    meta_dir = os.path.join(data, "metadata")
+    if not os.path.exists(os.path.join(meta_dir, "metadata.json")):
+        _cli("metadata", "build", "--wordnet", wordnet_dir, "--wiki", wiki, "--pageviews", os.path.join(pv, "*.gz"),
+             "--out", meta_dir, "--unigram-min-count", "20", "--bigram-min-pmi", "5", "--bigram-min-count", "5",
+             "--master", master)
+    n_entries = len(json.load(open(os.path.join(meta_dir, "metadata.json"))))
+    print(f"  metadata: {n_entries:,} entries -> {meta_dir}")
+
+    step("web: rendering images, starting an HTTP server on 127.0.0.1, writing the pool")
+    www_root = os.path.join(data, "web")
+    os.makedirs(os.path.join(www_root, "www"), exist_ok=True)
+    base_url, stop_server = synthetic.serve_directory(os.path.join(www_root, "www"), port=0)
+    try:
+        # workers=1: forking beside a live Spark gateway lets the children disturb its socket
+        web = synthetic.make_web_pool(www_root, n=pool_size, seed=seed, base_url=base_url, workers=1)
+        heldout = os.path.join(data, "heldout")
+        if not os.path.isdir(heldout):
+            synthetic.heldout_split(heldout, n=100 if tiny else 300, seed=seed + 1_000_003)
+        planted = _plant_overlaps(web, heldout, os.path.join(www_root, "www"), base_url, 5 if tiny else 12, seed)
+        print(f"  pool: {pool_size + planted:,} rows ({planted} planted copies of held-out images) at {base_url}")
+
+        step("eval sets: hashing scikit-learn digits and the held-out split")
+        digits_dir = os.path.join(data, "digits")
+        if not os.path.isdir(digits_dir):
+            write_image_folder(load_digits_dataset(64), digits_dir, flat=True)
+        evalsets = os.path.join(data, "evalsets")
+        _cli("evalsets", "hash", "--name", "digits", "--images", digits_dir, "--out", evalsets)
+        _cli("evalsets", "hash", "--name", "heldout", "--images", heldout, "--out", evalsets)
+    except BaseException:
+        stop_server()
+        raise
+    return {"metadata": os.path.join(meta_dir, "metadata.json"), "pool": web["pool"], "heldout": heldout,
+            "evalsets": evalsets, "stop_server": stop_server, "base_url": base_url}
+
+
+def curate_run(world: dict, run_dir: str, *, t: float | None, seed: int, master: str,
+               mode: str = "metaclip", target_size: int | None = None, config_path: str) -> dict:
+    balance = f"{{t: {t}, seed: {seed}}}" if mode == "metaclip" else \
+        f"{{mode: random, target_size: {target_size}, seed: {seed}}}"
+    with open(config_path, "w") as f:
+        f.write(f"run_dir: {run_dir}\npool: {{path: {world['pool']}, rows_per_unit: 1000}}\n"
+                f"metadata: {{path: {world['metadata']}}}\nbalance: {balance}\n"
+                f"download: {{image_size: 64, processes: 2, threads: 8, timeout: 5}}\n"
+                f"dedup: {{evalsets: {world['evalsets']}, k: 8}}\n"
+                f"shard: {{samples_per_shard: 250}}\nspark: {{master: '{master}'}}\n")
+    _cli("run", "--config", config_path)
+    return json.load(open(os.path.join(run_dir, "balance", "summary.json")))
+
+
+def shard_pattern(run_dir: str) -> str:
+    shards = json.load(open(os.path.join(run_dir, "shards", "sizes.json")))
+    names = sorted(k.rsplit(".", 1)[0] for k in shards)
+    if len(names) == 1:
+        return os.path.join(run_dir, "shards", names[0] + ".tar")
+    return os.path.join(run_dir, "shards", "{" + ",".join(names) + "}.tar")
+
+
+def train_and_eval(run_dir: str, world: dict, out: str, *, steps: int, seed: int, overlap: bool = True) -> dict:
+    train_dir = os.path.join(out, "train")
+    _cli("train", "--shards", shard_pattern(run_dir), "--model", "tiny", "--steps", str(steps), "--out", train_dir,
+         "--batch-size", "64", "--mask-ratio", "0.5", "--unmasked-steps", str(max(steps // 5, 1)),
+         "--save-every", str(max(steps // 2, 1)), "--seed", str(seed), "--workers", "1", "--no-progress")
+    results = os.path.join(out, "eval", "results.json")
+    extra = ["--overlap", run_dir] if overlap else []
+    _cli("eval", "--checkpoint", train_dir, "--zeroshot", "digits", "--retrieval", world["heldout"],
+         "--out", results, "--html", os.path.join(out, "eval"), *extra)
+    return json.load(open(results))
+
+
+def run(args) -> int:
     from jobs.spark import get_spark
 
     tiny = args.tiny
@@ -111,82 +200,25 @@ def run(args) -> int:
     t = args.t or (20 if tiny else 60)
     out = os.path.abspath(args.out)
     run_dir = os.path.join(out, "run")
-    data = os.path.join(out, "data")
-    os.makedirs(data, exist_ok=True)
-    step = _Steps(7)
-    wordnet = find_wordnet(args.wordnet)
+    step = _Steps(6)
+    find_wordnet(args.wordnet)  # fail fast with the install hint
     get_spark(args.master)  # one session for every step
-
-    step("metadata: WordNet 3.0 + a generated Wikipedia dump and pageviews")
-    wiki = os.path.join(data, "wiki", "enwiki-pages-articles.xml.bz2")
-    pv = os.path.join(data, "pageviews")
-    if not os.path.exists(wiki):
-        os.makedirs(os.path.dirname(wiki), exist_ok=True)
-        synthetic.make_wiki_dump(wiki, n_pages=60 if tiny else 200, seed=args.seed)
-        synthetic.make_pageviews(pv, n_files=3, seed=args.seed)
-    meta_dir = os.path.join(run_dir, "metadata")
-    if not os.path.exists(os.path.join(meta_dir, "metadata.json")):
-        _cli("metadata", "build", "--wordnet", wordnet, "--wiki", wiki, "--pageviews", os.path.join(pv, "*.gz"),
-             "--out", meta_dir, "--unigram-min-count", "20", "--bigram-min-pmi", "5", "--bigram-min-count", "5",
-             "--master", args.master)
-    n_entries = len(json.load(open(os.path.join(meta_dir, "metadata.json"))))
-    print(f"  metadata: {n_entries:,} entries -> {meta_dir}")
-
-    step("web: rendering images, starting an HTTP server on 127.0.0.1, writing the pool")
-    www_root = os.path.join(data, "web")
-    base_url, stop_server = synthetic.serve_directory(os.path.join(www_root, "www"), port=0) \
-        if os.path.isdir(os.path.join(www_root, "www")) else (None, None)
-    if base_url is None:
-        os.makedirs(os.path.join(www_root, "www"), exist_ok=True)
-        base_url, stop_server = synthetic.serve_directory(os.path.join(www_root, "www"), port=0)
+    world = prepare_world(out, tiny=tiny, pool_size=pool_size, seed=args.seed, master=args.master,
+                          wordnet=args.wordnet, step=step)
     try:
-        # workers=1: forking beside a live Spark gateway lets the children disturb its socket
-        web = synthetic.make_web_pool(www_root, n=pool_size, seed=args.seed, base_url=base_url, workers=1)
-        heldout = os.path.join(run_dir, "heldout")
-        if not os.path.isdir(heldout):
-            synthetic.heldout_split(heldout, n=100 if tiny else 300, seed=args.seed + 1_000_003)
-        planted = _plant_overlaps(web, heldout, os.path.join(www_root, "www"), base_url, 5 if tiny else 12,
-                                  args.seed)
-        print(f"  pool: {pool_size + planted:,} rows ({planted} planted copies of held-out images) at {base_url}")
-
-        step("eval sets: hashing scikit-learn digits and the held-out split")
-        from eval.datasets import load_digits_dataset, write_image_folder
-
-        digits_dir = os.path.join(data, "digits")
-        if not os.path.isdir(digits_dir):
-            write_image_folder(load_digits_dataset(64), digits_dir, flat=True)
-        _cli("evalsets", "hash", "--name", "digits", "--images", digits_dir, "--out", run_dir)
-        _cli("evalsets", "hash", "--name", "heldout", "--images", heldout, "--out", run_dir)
-
         step("curate: match -> count -> balance -> download -> dedup -> shard (Spark)")
-        config = os.path.join(out, "run.yaml")
-        with open(config, "w") as f:
-            f.write(f"run_dir: {run_dir}\npool: {{path: {web['pool']}, rows_per_unit: 1000}}\n"
-                    f"metadata: {{path: {meta_dir}/metadata.json}}\nbalance: {{t: {t}, seed: {args.seed}}}\n"
-                    f"download: {{image_size: 64, processes: 2, threads: 8, timeout: 5}}\n"
-                    "dedup: {k: 8}\n"
-                    f"shard: {{samples_per_shard: 250}}\nspark: {{master: '{args.master}'}}\n")
-        _cli("run", "--config", config)
+        curate_run(world, run_dir, t=t, seed=args.seed, master=args.master, config_path=os.path.join(out, "run.yaml"))
     finally:
-        stop_server()
+        world["stop_server"]()
 
     step("report: distribution report and overlap audit")
     _cli("report", run_dir)
     _cli("audit", run_dir)
 
-    step(f"train: tiny CLIP, {steps} steps, FLIP masking 0.5 then unmasked tuning")
-    shards = json.load(open(os.path.join(run_dir, "shards", "sizes.json")))
-    pattern = os.path.join(run_dir, "shards", "{" + ",".join(sorted(k.rsplit('.', 1)[0] for k in shards)) + "}.tar") \
-        if len(shards) > 1 else os.path.join(run_dir, "shards", next(iter(shards)))
-    train_dir = os.path.join(out, "train")
-    _cli("train", "--shards", pattern, "--model", "tiny", "--steps", str(steps), "--out", train_dir,
-         "--batch-size", "64", "--mask-ratio", "0.5", "--unmasked-steps", str(max(steps // 5, 1)),
-         "--save-every", str(max(steps // 2, 1)), "--seed", str(args.seed), "--workers", "1")
-
-    step("eval: zero-shot on scikit-learn digits, retrieval on the held-out split")
+    step(f"train + eval: tiny CLIP, {steps} steps (FLIP masking 0.5, then unmasked tuning); "
+         "zero-shot on scikit-learn digits, retrieval on the held-out split")
+    train_and_eval(run_dir, world, out, steps=steps, seed=args.seed)
     results = os.path.join(out, "eval", "results.json")
-    _cli("eval", "--checkpoint", train_dir, "--zeroshot", "digits", "--retrieval", heldout, "--out", results,
-         "--overlap", run_dir, "--html", os.path.join(out, "eval"))
     print(f"\nDone in {time.time() - step.t0:.0f}s.")
     print(f"  distribution report: {os.path.join(run_dir, 'report', 'index.html')}")
     print(f"  overlap audit:       {os.path.join(run_dir, 'audit', 'index.html')}")

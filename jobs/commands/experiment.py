@@ -1,0 +1,130 @@
+"""Experiments on the offline miniature web.
+
+  metacurate experiment balance-vs-random [--out runs/balance-vs-random] [--seeds 3] [--train-steps 300]
+
+balance-vs-random: from the same pool, curate a MetaCLIP-balanced subset (t) and a uniformly
+random subset of the same expected size drawn from the same matched rows (`balance.mode: random`),
+for each seed; download, dedup and shard both; train the tiny CLIP on each with the same settings;
+evaluate zero-shot on scikit-learn's real digits and retrieval on the held-out split. Prints
+mean ± std over seeds and writes `comparison.png` (error bars) and `results.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", choices=["balance-vs-random"], help="which experiment")
+    p.add_argument("--out", default="runs/balance-vs-random")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
+    p.add_argument("--pool-size", type=int, default=3000)
+    p.add_argument("--t", type=float, default=60, help="balancing threshold of the balanced arm")
+    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--master", default="local[*]")
+    p.add_argument("--wordnet", default=None)
+    p.add_argument("--tiny", action="store_true", help="a very small run (tests)")
+
+
+METRICS = [("zero-shot digits top-1", ("zeroshot", "digits", "top1")),
+           ("zero-shot digits top-5", ("zeroshot", "digits", "top5")),
+           ("retrieval i2t R@5", ("retrieval", "heldout", "image_to_text", "R@5")),
+           ("retrieval t2i R@5", ("retrieval", "heldout", "text_to_image", "R@5")),
+           ("retrieval mean recall", ("retrieval", "heldout", "mean_recall"))]
+
+
+def _metric(results: dict, path: tuple) -> float:
+    """Read a metric from the eval JSON's flat `metrics` map (e.g. zeroshot/digits/top1)."""
+    flat = results.get("metrics", {})
+    key = "/".join(path)
+    if key in flat:
+        return float(flat[key])
+    raise KeyError(f"metric {key} not in eval results (have: {sorted(flat)[:12]} ...)")
+
+
+def run(args) -> int:
+    from jobs.commands.quickstart import _Steps, curate_run, find_wordnet, prepare_world, train_and_eval
+    from jobs.spark import get_spark
+
+    out = os.path.abspath(args.out)
+    seeds = list(range(1 if args.tiny else args.seeds))
+    steps = 20 if args.tiny else args.train_steps
+    pool_size = 600 if args.tiny else args.pool_size
+    find_wordnet(args.wordnet)
+    get_spark(args.master)
+    step = _Steps(4 + 2 * len(seeds))
+    world = prepare_world(out, tiny=args.tiny, pool_size=pool_size, seed=0, master=args.master,
+                          wordnet=args.wordnet, step=step)
+    rows: list[dict] = []
+    try:
+        runs = []
+        for seed in seeds:
+            step(f"seed {seed}: curate the balanced (t={args.t:g}) and the random arm")
+            bal_dir = os.path.join(out, f"seed{seed}", "balanced", "run")
+            bal = curate_run(world, bal_dir, t=args.t, seed=seed, master=args.master,
+                             config_path=os.path.join(out, f"seed{seed}-balanced.yaml"))
+            size = int(round(bal["expected_kept"]))
+            rnd_dir = os.path.join(out, f"seed{seed}", "random", "run")
+            rnd = curate_run(world, rnd_dir, t=None, seed=seed, master=args.master, mode="random",
+                             target_size=size, config_path=os.path.join(out, f"seed{seed}-random.yaml"))
+            print(f"  balanced kept {bal['kept']:,}, random kept {rnd['kept']:,} (target {size:,})")
+            runs.append((seed, bal_dir, rnd_dir))
+    finally:
+        world["stop_server"]()
+    for seed, bal_dir, rnd_dir in runs:
+        step(f"seed {seed}: train + eval both arms ({steps} steps each)")
+        for arm, run_dir in (("balanced", bal_dir), ("random", rnd_dir)):
+            t0 = time.time()
+            res = train_and_eval(run_dir, world, os.path.dirname(run_dir), steps=steps, seed=seed, overlap=False)
+            sizes = json.load(open(os.path.join(run_dir, "shards", "sizes.json")))
+            row = {"seed": seed, "arm": arm, "train_samples": sum(sizes.values()), "seconds": time.time() - t0}
+            for label, path in METRICS:
+                row[label] = _metric(res, path)
+            rows.append(row)
+            print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+    step("compare")
+    summary = {}
+    for arm in ("balanced", "random"):
+        arm_rows = [r for r in rows if r["arm"] == arm]
+        summary[arm] = {label: {"mean": statistics.mean(r[label] for r in arm_rows),
+                                "std": statistics.stdev(r[label] for r in arm_rows) if len(arm_rows) > 1 else 0.0}
+                        for label, _ in METRICS}
+    print(f"\n{'metric':<28}{'balanced':>22}{'random':>22}")
+    for label, _ in METRICS:
+        b, r = summary["balanced"][label], summary["random"][label]
+        print(f"{label:<28}{b['mean']:>14.4f} ± {b['std']:<6.4f}{r['mean']:>14.4f} ± {r['std']:<6.4f}")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"rows": rows, "summary": summary, "t": args.t, "seeds": seeds, "train_steps": steps,
+                   "pool_size": pool_size}, f, indent=2)
+    _plot(summary, os.path.join(out, "comparison.png"), len(seeds))
+    print(f"\nresults: {os.path.join(out, 'results.json')}\nplot:    {os.path.join(out, 'comparison.png')}")
+    return 0
+
+
+def _plot(summary: dict, path: str, n_seeds: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [label for label, _ in METRICS]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (arm, colour) in enumerate((("balanced", "#3b6fb6"), ("random", "#d98b3a"))):
+        means = [summary[arm][lab]["mean"] for lab in labels]
+        stds = [summary[arm][lab]["std"] for lab in labels]
+        ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=4, label=f"{arm} subset", color=colour)
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("score (fraction)")
+    ax.set_title(f"MetaCLIP balancing vs a random subset of equal size (mean ± std over {n_seeds} seeds)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
