@@ -1,0 +1,69 @@
+"""Lint an entry list against MetaCLIP's matching rule (DESIGN §3), so the report says which
+entries are dead weight.
+
+Under parity normalisation an entry ``e`` matches when ``" " + e + " "`` occurs in the normalised
+text. Hence:
+
+* ``wrapped_char``: ``e`` contains one of ``WRAPPED_CHARS``; the text always has that character
+  wrapped in spaces, the entry never does -> can never match.
+* ``control_char``: ``e`` contains a tab, newline or CR; the text never does -> can never match.
+* ``empty``: the empty entry (would match every single space) -> rejected.
+* ``edge_space`` / ``double_space``: leading/trailing or doubled spaces; such an entry only
+  matches texts with the same irregular spacing (alt-texts almost never have it).
+* ``one_char``: a single character; matches, but is mostly noise.
+* ``duplicate``: the same string again later in the list (ids are positions, so both stay).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from curation.matching import SPACED_CHARS, WRAPPED_CHARS
+
+NEVER_MATCH = ("wrapped_char", "control_char", "empty")
+FINDINGS = NEVER_MATCH + ("edge_space", "double_space", "one_char", "duplicate")
+
+
+def entry_findings(entry: str) -> list[str]:
+    """The lint findings (names from ``FINDINGS`` minus ``duplicate``) of one entry."""
+    found = []
+    if any(c in entry for c in WRAPPED_CHARS):
+        found.append("wrapped_char")
+    if any(c in entry for c in SPACED_CHARS):
+        found.append("control_char")
+    if entry == "":
+        found.append("empty")
+    elif entry != entry.strip(" "):
+        found.append("edge_space")
+    if "  " in entry:
+        found.append("double_space")
+    if len(entry) == 1:
+        found.append("one_char")
+    return found
+
+
+def lint_entries(entries: Sequence[str], sources: Sequence[str] | None = None,
+                 max_examples: int = 20) -> dict:
+    """Counts and first examples per finding, also split by source when ``sources`` is given."""
+    counts = {name: 0 for name in FINDINGS}
+    examples: dict[str, list] = {name: [] for name in FINDINGS}
+    by_source: dict[str, dict[str, int]] = {}
+    never = 0
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        found = entry_findings(entry)
+        if entry in seen:
+            found.append("duplicate")
+        seen.add(entry)
+        if any(f in NEVER_MATCH for f in found):
+            never += 1
+        for name in found:
+            counts[name] += 1
+            if len(examples[name]) < max_examples:
+                examples[name].append({"entry_id": i, "entry": entry})
+            if sources is not None:
+                per = by_source.setdefault(sources[i], {})
+                per[name] = per.get(name, 0) + 1
+    report = {"entries": len(entries), "never_match": never, "counts": counts, "examples": examples}
+    if sources is not None:
+        report["by_source"] = {s: dict(sorted(c.items())) for s, c in sorted(by_source.items())}
+    return report

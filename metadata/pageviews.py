@@ -1,0 +1,97 @@
+"""Wikipedia titles from pageview dumps (``pageviews-YYYYMMDD-HH0000[.gz]``).
+
+Each line is ``project title views bytes`` (``en Main_Page 242332 0``). MetaCLIP keeps English
+Wikipedia titles that are popular: per line we keep project ``en`` only (not ``en.m``,
+``de``, …), lines with at least ``min_line_views`` views and no ``:`` in the title (that drops
+``Special:``, ``File:``, ``Talk:`` … pages), sum the kept views per title over all files, and keep
+titles whose total reaches ``min_total_views``. The entry is the title with ``_`` -> space.
+
+A file is the unit of work (hourly files are ~50 MB gzip'd); ``file_title_views`` aggregates one
+file in memory bounded by the number of distinct kept titles in that hour.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+from collections import Counter
+from typing import IO, Iterable, Iterator
+
+from curation.errors import InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROJECT = "en"
+DEFAULT_MIN_LINE_VIEWS = 50
+DEFAULT_MIN_TOTAL_VIEWS = 70
+
+
+def _open_text(path: str) -> IO[str]:
+    import fsspec
+
+    try:
+        raw = fsspec.open(path, "rb").open()
+    except FileNotFoundError as exc:
+        raise InputError(f"pageview file not found: {path}") from exc
+    stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+    return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="\n")
+
+
+def parse_line(line: str, source: str, line_no: int) -> tuple[str, str, int] | None:
+    """``(project, title, views)`` of one line; ``None`` for a blank line; error otherwise."""
+    parts = line.rstrip("\n").split(" ")
+    if len(parts) == 1 and not parts[0].strip():
+        return None
+    if len(parts) < 3:
+        raise InputError(f"{source}:{line_no}: expected 'project title views bytes', got {line[:120]!r}")
+    project, title, views = parts[0], parts[1], parts[2]
+    try:
+        n = int(views)
+    except ValueError as exc:
+        raise InputError(f"{source}:{line_no}: views {views!r} is not a number "
+                         f"(line {line[:120]!r}); is this a pageviews dump?") from exc
+    return project, title, n
+
+
+def iter_kept_lines(path: str, project: str = DEFAULT_PROJECT,
+                    min_line_views: int = DEFAULT_MIN_LINE_VIEWS) -> Iterator[tuple[str, int]]:
+    """``(title, views)`` for the lines of one file that pass the per-line filters."""
+    try:
+        with _open_text(path) as f:
+            for line_no, line in enumerate(f, 1):
+                rec = parse_line(line, path, line_no)
+                if rec is None:
+                    continue
+                proj, title, views = rec
+                if proj != project or views < min_line_views or ":" in title or not title:
+                    continue
+                yield title, views
+    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise InputError(f"pageview file not found: {path}") from exc
+        raise InputError(f"{path}: cannot read this gzip file ({exc}); truncated download?") from exc
+
+
+def file_title_views(path: str, project: str = DEFAULT_PROJECT,
+                     min_line_views: int = DEFAULT_MIN_LINE_VIEWS) -> Counter:
+    """Kept views per raw title within one file."""
+    totals: Counter = Counter()
+    for title, views in iter_kept_lines(path, project, min_line_views):
+        totals[title] += views
+    return totals
+
+
+def title_entry(title: str) -> str:
+    """A pageview title -> entry string (``_`` -> space, nothing else)."""
+    return title.replace("_", " ")
+
+
+def title_totals(paths: Iterable[str], project: str = DEFAULT_PROJECT,
+                 min_line_views: int = DEFAULT_MIN_LINE_VIEWS,
+                 min_total_views: int = DEFAULT_MIN_TOTAL_VIEWS) -> dict[str, int]:
+    """Spark-free reference: entry -> total views, for entries reaching ``min_total_views``."""
+    totals: Counter = Counter()
+    for path in paths:
+        for title, views in file_title_views(path, project, min_line_views).items():
+            totals[title_entry(title)] += views
+    return {t: v for t, v in totals.items() if v >= min_total_views}
