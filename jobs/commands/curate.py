@@ -54,7 +54,10 @@ def print_summary(summaries: dict) -> None:
     c = summaries.get("count")
     if c:
         print(f"count:   {c['entries_matched']:>10,} of {c['entries_total']:,} entries matched at least once")
-    if b:
+    if b and b.get("mode") == "random":
+        print(f"balance: random subset (control arm) seed={b['seed']}: kept {b['kept']:,} of {b['matched']:,} "
+              f"matched rows (target {b['target_size']:,}, expected {b['expected_kept']:,.1f})")
+    elif b:
         print(f"balance: t={b['t']:g} seed={b['seed']}: kept {b['kept']:,} of {b['matched']:,} matched rows "
               f"(expected {b['expected_kept']:,.1f}); head entries {b['head_entries']:,}, "
               f"tail entries {b['tail_entries']:,}")
