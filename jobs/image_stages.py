@@ -58,6 +58,21 @@ def _evalsets_fp(cfg: RunConfig, p: curate.CurateParams) -> str | None:
     return None
 
 
+def _copy_eval_hashes(evalsets: str, out_dir: str, storage_options: dict) -> None:
+    """Keep the eval hashes used with the run (DESIGN §2: dedup/eval_hashes.parquet), so the audit
+    and later readers of this run do not depend on where the eval sets were hashed."""
+    from jobs import images
+
+    src = images.eval_hashes_path(evalsets)
+    dst = storage.join(out_dir, "eval_hashes.parquet")
+    if src.rstrip("/") == dst.rstrip("/"):
+        return
+    for name_src, name_dst in ((src, dst), (src[: -len(".parquet")] + ".json", dst[: -len(".parquet")] + ".json")):
+        if storage.exists(name_src, storage_options):
+            fs, path = storage.get_fs(name_src, storage_options)
+            storage.write_bytes_atomic(name_dst, fs.cat_file(path), storage_options)
+
+
 def _distributor_spark(cfg: RunConfig, spark):
     mode = cfg.download.distributor
     if mode == "pyspark" or (mode == "auto" and not cfg.spark.master.startswith("local")):
@@ -96,6 +111,7 @@ def run(spark, cfg: RunConfig, p: curate.CurateParams, stage: str, retry_failed:
         evalsets = cfg.dedup.evalsets or p.out
         summary = images.dedup_stage(spark, curate.stage_dir(p, "download"), evalsets, out_dir, rej,
                                      k=cfg.dedup.k, phash_mode=cfg.dedup.phash_mode)
+        _copy_eval_hashes(evalsets, out_dir, p.storage_options)
     else:
         summary = images.shard_stage(curate.stage_dir(p, "download"), curate.stage_dir(p, "dedup"), out_dir, rej,
                                      samples_per_shard=cfg.shard.samples_per_shard,

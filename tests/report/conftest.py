@@ -150,9 +150,9 @@ def simulate_run(root: str | os.PathLike, n_entries: int = 2000, n_texts: int = 
             "stage": "dedup", "in": ok, "out": ok - 5, "rejected": {"eval_near_duplicate": 5},
             "hamming_k": 8, "eval_sets": {"cifar10": 10000}})
         _success(root / "dedup", "dd0")
-        _write_json(root / "shard" / "summary.json", {
+        _write_json(root / "shards" / "summary.json", {
             "stage": "shard", "in": ok - 5, "out": ok - 5, "rejected": {}, "shards": 3})
-        _success(root / "shard", "sh0")
+        _success(root / "shards", "sh0")
     return {"counts": counts, "kept": kept, "names": names, "sources": sources, "t": float(t),
             "pool": pool, "matched": n_texts, "n_kept": n_kept, "expected_kept": float(pk.sum())}
 

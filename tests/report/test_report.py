@@ -85,7 +85,7 @@ def test_cli_report_later_stages_no_sweep_no_metadata_and_mismatch(fixture_run, 
     assert html.count("does not add up") == 1
     summary = json.loads((out / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == ["match", "count", "balance", "download",
-                                                      "dedup", "shard"]
+                                                      "dedup", "shards"]
     assert [s["reconciles"] for s in summary["stages"]] == [False, True, True, True, True, True]
     assert all(s["done"] for s in summary["stages"])
     # no t_sweep.json: no kept-vs-t plot, every other plot present and referenced
