@@ -120,7 +120,9 @@ def _plot(summary: dict, path: str, n_seeds: int) -> None:
         means = [summary[arm][lab]["mean"] for lab in labels]
         stds = [summary[arm][lab]["std"] for lab in labels]
         ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=4, label=f"{arm} subset", color=colour)
-    ax.set_xticks(x, labels)
+    import textwrap
+
+    ax.set_xticks(x, [textwrap.fill(lab, 14) for lab in labels])
     ax.set_ylabel("score (fraction)")
     ax.set_title(f"MetaCLIP balancing vs a random subset of equal size (mean ± std over {n_seeds} seeds)")
     ax.legend()
