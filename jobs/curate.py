@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -242,10 +241,10 @@ def plan_units(p: CurateParams) -> tuple[list[dict], list[dict]]:
 
 def pool_fingerprint(p: CurateParams) -> str:
     files = storage.list_files(p.pool, ".parquet", p.storage_options)
-    fs, _ = storage.get_fs(files[0], p.storage_options)
     infos = []
     for f in files:
-        info = fs.info(storage.get_fs(f, p.storage_options)[1])
+        fs, path = storage.get_fs(f, p.storage_options)
+        info = fs.info(path)
         infos.append((f, info.get("size"), str(info.get("ETag") or info.get("mtime") or "")))
     return _fingerprint(infos)
 
@@ -577,7 +576,8 @@ def run_balance(spark, p: CurateParams) -> dict:
                                p.sweep_points, p.balance_mode)
     if not _begin_stage(p, "balance", fingerprint):
         return storage.read_json(storage.join(stage_dir(p, "balance"), "summary.json"), p.storage_options)
-    n_entries = len(load_metadata_json(p.metadata, p.storage_options))
+    match_summary = storage.read_json(storage.join(stage_dir(p, "match"), "summary.json"), p.storage_options)
+    n_entries = int(match_summary["n_entries"])  # recorded by match: no second parse of the metadata
     counts = load_counts(p, n_entries)
     files = _part_files(p, "match")
     sc = spark.sparkContext
@@ -610,7 +610,6 @@ def run_balance(spark, p: CurateParams) -> dict:
     storage.write_parquet_atomic(pa.table({"entry_id": pa.array(nz.astype(np.int32)),
                                            "kept": pa.array(kept_counts[nz], pa.int64())}),
                                  storage.join(stage_dir(p, "balance"), "kept_counts.parquet"), p.storage_options)
-    match_summary = storage.read_json(storage.join(stage_dir(p, "match"), "summary.json"), p.storage_options)
     matched = counts > 0
     summary = {**total, "t": t, "target_size": p.target_size, "seed": p.seed, "mode": p.balance_mode,
                "pool": match_summary["in"], "matched": total["in"],

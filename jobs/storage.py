@@ -52,10 +52,6 @@ def exists(url: str, storage_options: dict | None = None) -> bool:
     return fs.exists(path)
 
 
-def _unprotocol(fs, url_like: str) -> str:
-    return url_like
-
-
 def _with_protocol(template_url: str, path: str) -> str:
     if is_remote(template_url):
         return template_url.split("://", 1)[0] + "://" + path

@@ -11,9 +11,6 @@ pipeline from a config file.
 from __future__ import annotations
 
 import argparse
-import json
-
-from curation.errors import InputError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
