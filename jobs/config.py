@@ -57,6 +57,8 @@ class PoolConfig:
     max_text_bytes: int = _f(65_536, "captions longer than this (UTF-8 bytes) are rejected as text_too_long")
     rows_per_unit: int = _f(250_000, "rows per work unit (a task): row groups are grouped up to this many rows")
     on_bad_file: str = _f("fail", "an unreadable pool parquet file: 'fail' the job or 'skip' it with a reject")
+    check_duplicate_uids: bool = _f(True, "reject later repeats of a uid among matched rows as duplicate_uid "
+                                    "(pool order decides which is kept; costs one shuffle of the uids)")
 
 
 @dataclass

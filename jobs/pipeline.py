@@ -26,6 +26,7 @@ def curate_params(cfg: RunConfig) -> curate.CurateParams:
         pool=cfg.pool.path, metadata=cfg.metadata.path, out=cfg.run_dir, t=cfg.balance.t,
         target_size=cfg.balance.target_size, seed=cfg.balance.seed, max_text_bytes=cfg.pool.max_text_bytes,
         rows_per_unit=cfg.pool.rows_per_unit, on_bad_file=cfg.pool.on_bad_file,
+        check_duplicate_uids=cfg.pool.check_duplicate_uids,
         sweep_points=cfg.balance.sweep_points, storage_options=cfg.storage.options(),
         balance_mode=cfg.balance.mode)
 

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-text-bytes", type=int, default=65_536, help="longer captions are rejected")
     p.add_argument("--on-bad-file", choices=["fail", "skip"], default="fail",
                    help="unreadable pool parquet: fail (default) or skip it with a reject record")
+    p.add_argument("--allow-duplicate-uids", action="store_true",
+                   help="skip the duplicate-uid check (by default later repeats of a uid are rejected as "
+                        "duplicate_uid; the check costs one shuffle of the uids)")
 
 
 def run(args) -> int:
@@ -35,7 +38,8 @@ def run(args) -> int:
     t = args.t if (args.t is not None or args.target_size is not None) else 20_000.0
     params = CurateParams(pool=args.pool, metadata=args.metadata, out=args.out, t=t,
                           target_size=args.target_size, seed=args.seed, max_text_bytes=args.max_text_bytes,
-                          on_bad_file=args.on_bad_file, storage_options=storage_options_from_env())
+                          on_bad_file=args.on_bad_file,
+                          check_duplicate_uids=not args.allow_duplicate_uids, storage_options=storage_options_from_env())
     params.validate()
     spark = get_spark(args.master)
     summaries = run_curate(spark, params)

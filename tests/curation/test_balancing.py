@@ -86,3 +86,21 @@ def test_uid_from_url_matches_metaclip_rule():
     import hashlib
 
     assert B.uid_from_url("http://x/y.jpg") == hashlib.sha224(b"http://x/y.jpg").hexdigest()[:24]
+
+
+def test_sweep_matches_the_per_t_definition_and_uid_array_draw_matches():
+    import pyarrow as pa
+
+    from curation import balancing as B
+
+    rng = np.random.default_rng(5)
+    lists = [rng.integers(0, 50, size=rng.integers(0, 4)).tolist() for _ in range(2_000)]
+    offsets, flat = B.csr_from_lists(lists)
+    counts = B.entry_counts(flat, 60)  # entries 50..59 never counted
+    counts[3] = 0  # an id that occurs but has no count (inconsistent input): p = 1 by convention
+    ts = [0.5, 1, 2, 7, 33, 1e6]
+    direct = [B.p_keep_csr(offsets, flat, B.entry_probabilities(counts, t)).sum() for t in ts]
+    np.testing.assert_allclose(B.expected_kept_for_ts(offsets, flat, counts, ts, chunk=4), direct, rtol=1e-12)
+    assert B.expected_kept_for_ts(np.array([0]), np.array([], np.int64), counts, ts).tolist() == [0.0] * len(ts)
+    uids = [f"u{i}" for i in range(500)] + ["é漢"]
+    assert (B.uniform_from_uid_array(9, pa.array(uids)) == B.uniform_from_uids(9, uids)).all()

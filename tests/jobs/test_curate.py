@@ -179,3 +179,49 @@ def test_random_mode_keeps_a_uniform_subset_of_the_target_size(spark, demo, tmp_
     assert np.allclose(kept.column("p_keep").to_numpy(), 800 / matched)
     assert abs(kept.num_rows - 800) < 5 * np.sqrt(800)
     assert s["balance"]["mode"] == "random" and s["balance"]["expected_kept"] == pytest.approx(800)
+
+
+def test_duplicate_uids_keep_the_first_in_pool_order_and_reconcile(spark, tmp_path):
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps(["dog", "cat"]))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    # a: 0..9; b: 5..14 (5..9 repeat a's URLs, with other captions); c: explicit uids, "X" twice.
+    pq.write_table(pa.table({"url": [f"http://h/{i}.jpg" for i in range(10)],
+                             "text": [f"a dog {i}" for i in range(10)]}), pool / "a.parquet", row_group_size=4)
+    pq.write_table(pa.table({"url": [f"http://h/{i}.jpg" for i in range(5, 15)],
+                             "text": [f"a cat {i}" for i in range(5, 15)]}), pool / "b.parquet", row_group_size=4)
+    pq.write_table(pa.table({"url": ["http://h/x1.jpg", "http://h/x2.jpg", "http://h/x3.jpg"],
+                             "text": ["dog x1", "dog x2", "no match here"], "uid": ["X", "X", "X"]}),
+                   pool / "c.parquet")
+    run = str(tmp_path / "run")
+    params = CurateParams(pool=str(pool), metadata=str(meta), out=run, t=1000, seed=0, rows_per_unit=4)
+    s = run_curate(spark, params)
+    assert s["match"]["in"] == 23
+    assert s["match"]["rejected"] == {"duplicate_uid": 6, "no_match": 1}
+    assert s["match"]["out"] == 16 and s["match"]["in"] == s["match"]["out"] + 7
+    match = _read_dir(os.path.join(run, "match")).to_pydict()
+    assert len(match["uid"]) == len(set(match["uid"])) == 16
+    by_uid = dict(zip(match["uid"], match["text"]))
+    for i in range(5, 10):  # the first occurrence (file a) is the one kept
+        assert by_uid[uid_from_url(f"http://h/{i}.jpg")] == f"a dog {i}"
+    assert by_uid["X"] == "dog x1"
+    rej = _rejects(run, "match").to_pydict()
+    dup = [(u, d) for u, r, d in zip(rej["uid"], rej["reason"], rej["detail"]) if r == "duplicate_uid"]
+    assert sorted(u for u, _ in dup) == sorted([uid_from_url(f"http://h/{i}.jpg") for i in range(5, 10)] + ["X"])
+    assert all(d.startswith("repeat of a uid kept in match/part-") for _, d in dup)
+    # counts are over unique rows only: "cat" matched by b's 5 new rows (10..14), "dog" by a + x1
+    counts = pq.read_table(os.path.join(run, "count", "entry_counts.parquet")).to_pydict()
+    assert dict(zip(counts["entry"], counts["count"])) == {"dog": 11, "cat": 5}
+    assert s["balance"]["kept"] == 16  # t=1000 keeps all
+    # A resumed match stage (crash after its units and the dedup pass) reports the same numbers.
+    fp = json.load(open(os.path.join(run, "match", "_SUCCESS")))["fingerprint"]
+    os.remove(os.path.join(run, "match", "_SUCCESS"))
+    with open(os.path.join(run, "match", "_STARTED"), "w") as f:
+        json.dump({"fingerprint": fp}, f)
+    s2 = run_curate(spark, params, stages=["match"])
+    assert s2["match"]["rejected"] == s["match"]["rejected"] and s2["match"]["out"] == 16
+    # The check can be turned off: repeats then pass through.
+    s3 = run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=str(tmp_path / "r3"), t=1000,
+                                        check_duplicate_uids=False), stages=["match"])
+    assert s3["match"]["out"] == 22 and "duplicate_uid" not in s3["match"]["rejected"]
