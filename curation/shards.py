@@ -35,6 +35,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _MAX_KEY = 120
 
 
+def _url_to_fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec filesystem + path; ``storage_options`` (endpoint, key, secret) apply to remote URLs."""
+    remote = "://" in url and not url.startswith("file://")
+    return fsspec.core.url_to_fs(url, **((storage_options or {}) if remote else {}))
+
+
 def sanitize_key(key: str) -> str:
     """A member-name-safe key: only ``[A-Za-z0-9_-]`` (no ``/``, ``..``, dots, absolute paths)."""
     safe = _UNSAFE.sub("_", str(key))[:_MAX_KEY]
@@ -109,7 +115,7 @@ def _chunks(it: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, 
 
 
 def write_shards(samples: Iterable[dict[str, Any]], out_dir: str, samples_per_shard: int,
-                 start_shard: int = 0) -> ShardResult:
+                 start_shard: int = 0, storage_options: dict | None = None) -> ShardResult:
     """Write samples to ``out_dir/{000000..N}.tar`` + ``sizes.json`` + ``manifest.parquet``.
 
     Shards whose final tar exists are skipped (their samples are consumed, not re-encoded);
@@ -117,7 +123,7 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str, samples_per_sh
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-    fs, out_path = fsspec.core.url_to_fs(out_dir)
+    fs, out_path = _url_to_fs(out_dir, storage_options)
     fs.makedirs(out_path, exist_ok=True)
     fs.makedirs(f"{out_path}/_manifest", exist_ok=True)
     existing = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{out_path}/*.tar")}
@@ -132,15 +138,15 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str, samples_per_sh
         _write_one_shard(fs, out_path, index, chunk)
         result.written.append(name)
         log.info("wrote shard %s (%d samples)", name, len(chunk))
-    finalize(out_dir, result.shards)
+    finalize(out_dir, result.shards, storage_options)
     sizes = json.loads(fs.cat_file(f"{out_path}/sizes.json"))
     result.samples = sum(sizes.values())
     return result
 
 
-def finalize(out_dir: str, shards: list[str] | None = None) -> None:
+def finalize(out_dir: str, shards: list[str] | None = None, storage_options: dict | None = None) -> None:
     """(Re)build ``sizes.json`` and ``manifest.parquet`` from the per-shard manifest parts."""
-    fs, out_path = fsspec.core.url_to_fs(out_dir)
+    fs, out_path = _url_to_fs(out_dir, storage_options)
     if shards is None:
         shards = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{out_path}/*.tar"))
     tables = []
@@ -159,13 +165,13 @@ def finalize(out_dir: str, shards: list[str] | None = None) -> None:
     fs.mv(f"{out_path}/sizes.json.tmp", f"{out_path}/sizes.json")
 
 
-def read_tar_samples(path: str) -> Iterator[dict[str, Any]]:
+def read_tar_samples(path: str, storage_options: dict | None = None) -> Iterator[dict[str, Any]]:
     """Group a webdataset tar's members by key (first dot) -> {"__key__", ext: bytes, ...}.
 
     Why our own reader: the dedup stage and the audit stream img2dataset/our tars without
     torch; member names with ``/`` or ``..`` are refused (never trusted as paths).
     """
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = _url_to_fs(path, storage_options)
     with fs.open(p, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
         current: dict[str, Any] | None = None
         for member in tar:

@@ -63,7 +63,7 @@ def _copy_eval_hashes(evalsets: str, out_dir: str, storage_options: dict) -> Non
     and later readers of this run do not depend on where the eval sets were hashed."""
     from jobs import images
 
-    src = images.eval_hashes_path(evalsets)
+    src = images.eval_hashes_path(evalsets, storage_options)
     dst = storage.join(out_dir, "eval_hashes.parquet")
     if src.rstrip("/") == dst.rstrip("/"):
         return
@@ -105,17 +105,19 @@ def run(spark, cfg: RunConfig, p: curate.CurateParams, stage: str, retry_failed:
         summary = images.download_stage(
             curate.stage_dir(p, "balance"), out_dir, rej, image_size=d.image_size, resize_mode=d.resize_mode,
             processes=d.processes, threads=d.threads, timeout=d.timeout, min_image_size=d.min_image_size,
-            spark=_distributor_spark(cfg, spark), retry_failed=retry_failed)
+            spark=_distributor_spark(cfg, spark), retry_failed=retry_failed,
+            storage_options=p.storage_options)
     elif stage == "dedup":
         # Default: the run's own eval hashes (RUN/dedup/eval_hashes.parquet from `metacurate evalsets hash`).
         evalsets = cfg.dedup.evalsets or p.out
         summary = images.dedup_stage(spark, curate.stage_dir(p, "download"), evalsets, out_dir, rej,
-                                     k=cfg.dedup.k, phash_mode=cfg.dedup.phash_mode)
+                                     k=cfg.dedup.k, phash_mode=cfg.dedup.phash_mode,
+                                     storage_options=p.storage_options)
         _copy_eval_hashes(evalsets, out_dir, p.storage_options)
     else:
         summary = images.shard_stage(curate.stage_dir(p, "download"), curate.stage_dir(p, "dedup"), out_dir, rej,
                                      samples_per_shard=cfg.shard.samples_per_shard,
-                                     entries_path=entries_parquet(cfg, p))
+                                     entries_path=entries_parquet(cfg, p), storage_options=p.storage_options)
     summary = {k: v for k, v in summary.items() if k != "stage"}
     result = curate._finish_stage(p, stage, fingerprint, summary)
     if retry_failed:

@@ -135,3 +135,41 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def with_protocol(template_url: str, path: str) -> str:
+    """Re-attach the protocol of ``template_url`` to a path an fsspec filesystem returned."""
+    return _with_protocol(template_url, path)
+
+
+def glob(url: str, pattern: str, storage_options: dict | None = None) -> list[str]:
+    """``url/pattern`` matches (non-recursive glob), sorted, with the protocol of ``url``."""
+    fs, path = get_fs(url, storage_options)
+    return [_with_protocol(url, p) for p in sorted(fs.glob(f"{path.rstrip('/')}/{pattern}"))]
+
+
+def read_parquet_any(url: str, storage_options: dict | None = None,
+                     columns: list[str] | None = None) -> pa.Table:
+    """One parquet file, or every part under a folder (``list_files`` rules) concatenated."""
+    fs, path = get_fs(url, storage_options)
+    if not fs.isdir(path):
+        return read_parquet(url, storage_options, columns)
+    tables = [read_parquet(f, storage_options, columns) for f in list_files(url, ".parquet", storage_options)]
+    if not tables:
+        raise InputError(f"{url}: no parquet files")
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def copy_tree_to(local_dir: str, url: str, storage_options: dict | None = None) -> list[str]:
+    """Upload every file of a local folder (flat) to ``url/``; returns the names copied.
+
+    Used where a tool (img2dataset) only writes through its own filesystem setup: it writes
+    locally, then the files travel with our storage options."""
+    names = []
+    for name in sorted(os.listdir(local_dir)):
+        src = os.path.join(local_dir, name)
+        if os.path.isfile(src):
+            fs, path = get_fs(join(url, name), storage_options)
+            fs.put_file(src, path)
+            names.append(name)
+    return names

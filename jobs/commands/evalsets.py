@@ -22,13 +22,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--out", required=True, help="run directory (local or s3://)")
     h.add_argument("--phash-mode", default="exact", choices=["exact", "fast"],
                    help="must match the dedup stage's dedup.phash_mode (default exact)")
+    h.add_argument("--config", "-c", help="run configuration (YAML) whose `storage:` section (S3 endpoint, "
+                   "keys) is used for --images and --out; default: AWS_* variables")
 
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) != "hash":
         raise InputError("usage: metacurate evalsets hash --name NAME --images PATH --out RUN")
     from jobs.images import hash_evalset
+    from jobs.storage import storage_options_from_env
 
-    result = hash_evalset(args.name, args.images, f"{args.out.rstrip('/')}/dedup", phash_mode=args.phash_mode)
+    if getattr(args, "config", None):
+        from jobs.config import load_config
+
+        options = load_config(args.config).storage.options()
+    else:
+        options = storage_options_from_env()
+    result = hash_evalset(args.name, args.images, f"{args.out.rstrip('/')}/dedup", phash_mode=args.phash_mode,
+                          storage_options=options)
     print(json.dumps(result))
     return 0

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.phash import (ImageDecodeError, hamming, hash_to_hex, phash, phash_batch, phash_bytes,
-                            phash_bytes_batch)
+from curation.phash import (
+    ImageDecodeError,
+    hamming,
+    hash_to_hex,
+    phash,
+    phash_batch,
+    phash_bytes,
+    phash_bytes_batch,
+)
 
 
 def _ref(img: Image.Image) -> int:
@@ -112,3 +119,41 @@ def test_corrupt_and_bomb_images(natural, huge_png_header):
     assert hashes[-1] == phash_bytes(good.getvalue())
     with pytest.raises(ValueError):
         phash_bytes(good.getvalue(), mode="nope")
+
+
+def test_blas_resize_is_pillows_lanczos_bit_for_bit():
+    """Our matrix-product LANCZOS reproduces Pillow's pixels on noise (the worst case for rounding),
+    over shapes that take each pass order, upscaling, one side already 32, and tall/wide extremes."""
+    import curation.phash as ph
+    if not ph.blas_resize_available():
+        pytest.skip(f"Pillow {Image.__version__} resamples differently; pHash uses Pillow's resize")
+    rng = np.random.default_rng(11)
+    shapes = [(1000, 200), (200, 1000), (480, 640), (640, 480), (65, 33), (32, 700), (700, 32), (7, 5),
+              (31, 64), (1, 300), (300, 1), (97, 45), (45, 97)] + \
+             [tuple(int(v) for v in rng.integers(1, 900, 2)) for _ in range(40)]
+    for h, w in shapes:
+        grey = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        want = np.asarray(Image.fromarray(grey).resize((32, 32), Image.Resampling.LANCZOS))
+        got = ph._resize_lanczos(grey, ph._resize_order)
+        assert got.dtype == np.uint8 and got.shape == (32, 32)
+        assert np.array_equal(got, want), (h, w)
+
+
+def test_exact_path_through_blas_resize_matches_imagehash(natural, monkeypatch):
+    """Every image of the varied set (all modes, tiny sizes too) through the BLAS resize."""
+    import curation.phash as ph
+    if not ph.blas_resize_available():
+        pytest.skip("BLAS resize disabled by its self-check")
+    monkeypatch.setattr(ph, "BLAS_RESIZE_MIN_PIXELS", 0)
+    images = _varied_images(natural, n=180)
+    assert [int(h) for h in phash_batch(images)] == [_ref(im) for im in images]
+    datas = [_jpeg(im) for im in images[:40]]
+    hashes, errors = phash_bytes_batch(datas, "exact", workers=2)
+    assert all(e is None for e in errors)
+    assert [int(h) for h in hashes] == [_ref(Image.open(io.BytesIO(d))) for d in datas]
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    b = io.BytesIO()
+    img.convert("RGB").save(b, "JPEG", quality=85)
+    return b.getvalue()

@@ -1,0 +1,111 @@
+"""The image stages on an s3:// run dir (moto on 127.0.0.1) with the config's `storage:` options only.
+
+No AWS_* variable is set in this process: if any fsspec call in download / evalsets hash / dedup /
+shard dropped the options, it would not find the moto endpoint and the test would fail.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _jpeg(img, q=90) -> bytes:
+    b = io.BytesIO()
+    img.convert("RGB").save(b, "JPEG", quality=q)
+    return b.getvalue()
+
+
+def _put_parquet(fs, table: pa.Table, path: str) -> None:
+    b = io.BytesIO()
+    pq.write_table(table, b)
+    fs.pipe_file(path, b.getvalue())
+
+
+@pytest.fixture()
+def moto_opts(monkeypatch):
+    """A moto S3 server; the storage options come from a RunConfig, the env has no AWS_* at all."""
+    from jobs.config import load_config
+    from jobs.localcluster import _wait_port, free_port
+
+    for var in [v for v in os.environ if v.startswith("AWS_") or v == "S3_ENDPOINT_URL"]:
+        monkeypatch.delenv(var)
+    port = free_port()
+    cfg = load_config(None, ["run_dir=s3://imgs3/run", "pool.path=s3://imgs3/pool", "metadata.path=s3://imgs3/m.json",
+                             f"storage.endpoint_url=http://127.0.0.1:{port}",
+                             "storage.key=testing", "storage.secret=testing"])
+    opts = cfg.storage.options()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, 30)  # the server listens (~1.3 s); then one bucket, through our options
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+        fs.mkdir("imgs3")
+        yield opts, fs
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_image_stages_on_s3_with_config_storage_options(moto_opts, http_server, natural, spark):
+    from curation.shards import read_tar_samples
+    from jobs.images import dedup_stage, download_stage, hash_evalset, shard_stage
+
+    opts, fs = moto_opts
+    assert not [v for v in os.environ if v.startswith("AWS_")]
+    rng = np.random.default_rng(5)
+    evals = [natural(rng, 300, 300) for _ in range(2)]
+    for i, im in enumerate(evals):
+        b = io.BytesIO()
+        im.save(b, "PNG")
+        fs.pipe_file(f"imgs3/evalimgs/e{i}.png", b.getvalue())
+    routes = {f"/s3ok{i}.jpg": _jpeg(natural(rng, 220, 260)) for i in range(5)}
+    routes["/s3planted.jpg"] = _jpeg(evals[0].resize((150, 150)), 60)
+    http_server.routes.update({p: (200, b, 0.0) for p, b in routes.items()})
+    paths = sorted(routes) + ["/s3missing.jpg"]
+    run = "s3://imgs3/run"
+    _put_parquet(fs, pa.table({"uid": [p.strip("/").split(".")[0] for p in paths],
+                               "url": [http_server.url(p) for p in paths],
+                               "text": [f"caption {p}" for p in paths],
+                               "entry_ids": pa.array([[1, 2]] * len(paths), pa.list_(pa.int32())),
+                               "p_keep": [0.5] * len(paths)}), "imgs3/run/balance/part-00000.parquet")
+    _put_parquet(fs, pa.table({"entry_id": pa.array([1, 2], pa.int32()), "entry": ["one", "two"]}),
+                 "imgs3/run/metadata/entries.parquet")
+
+    s = download_stage(f"{run}/balance", f"{run}/download", f"{run}/rejects/download", image_size=64,
+                       processes=1, threads=4, timeout=3, samples_per_shard=4, storage_options=opts)
+    assert s["in"] == 7 and s["out"] == 6 and s["rejected"] == {"http_404": 1}
+    fs.invalidate_cache()
+    assert fs.glob("imgs3/run/download/*.tar") and fs.glob("imgs3/run/download/_input/*.parquet")
+    rej = pq.read_table(io.BytesIO(fs.cat_file("imgs3/run/rejects/download/part-00000.parquet"))).to_pylist()
+    assert [(r["uid"], r["reason"]) for r in rej] == [("s3missing", "http_404")]
+
+    h = hash_evalset("toy", "s3://imgs3/evalimgs", f"{run}/dedup", storage_options=opts)
+    assert h["hashed"] == 2
+    d = dedup_stage(spark, f"{run}/download", f"{run}/dedup", f"{run}/dedup", f"{run}/rejects/dedup",
+                    k=8, storage_options=opts)
+    assert d["in"] == 6 and d["rejected"] == {"eval_overlap": 1}
+    fs.invalidate_cache()
+    overlap = pq.read_table(io.BytesIO(fs.cat_file("imgs3/run/dedup/overlap.parquet"))).to_pylist()
+    assert [r["uid"] for r in overlap] == ["s3planted"]
+
+    sh = shard_stage(f"{run}/download", f"{run}/dedup", f"{run}/shards", f"{run}/rejects/shard",
+                     samples_per_shard=3, storage_options=opts)
+    assert sh["out"] == 5
+    fs.invalidate_cache()
+    sizes = json.loads(fs.cat_file("imgs3/run/shards/sizes.json"))
+    assert sizes == {"000000.tar": 3, "000001.tar": 2}
+    got = [json.loads(x["json"]) for x in read_tar_samples(f"{run}/shards/000000.tar", storage_options=opts)]
+    assert len(got) == 3 and all(g["entries"] == ["one", "two"] and len(g["phash"]) == 16 for g in got)
+    assert "s3planted" not in {g["uid"] for g in got}
