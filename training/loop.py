@@ -1,5 +1,6 @@
-"""The training loop: AdamW + warmup/cosine, grad clipping, bf16 autocast on GPU, DDP, FLIP masking
-with an unmasked tuning phase, periodic checkpoints with exact resume, progress bar + metrics.jsonl.
+"""The training loop: fused AdamW + warmup/cosine, grad clipping, bf16 autocast on GPU (or on any device
+with ``precision="bf16"``), DDP, FLIP masking with an unmasked tuning phase, periodic checkpoints with
+exact resume, progress bar + metrics.jsonl.
 
 Run under ``torchrun`` for DDP (the usual env variables are read); otherwise single process.
 Output layout in ``out``: ``config.json``, ``tokenizer.json``, ``metrics.jsonl``,
@@ -28,9 +29,18 @@ from training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoi
 from training.data import LoaderConfig, TrainLoader, dataset_size, read_captions
 from training.loss import clip_loss
 from training.model import CLIP, CONFIGS, get_config, gmacs_per_sample
-from training.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, save_tokenizer, tokenizer_from_json
+from training.optim import build_optimizer
+from training.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_from_json,
+)
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -61,6 +71,7 @@ class TrainConfig:
     stop_after: int | None = None  # stop (and checkpoint) at this step; the schedule still spans `steps`
     threads: int | None = None
     progress: bool = True
+    precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU), "bf16" (on any device) or "fp32"
 
     def validate(self) -> None:
         if self.model not in CONFIGS:
@@ -73,6 +84,8 @@ class TrainConfig:
             raise InputError(f"--unmasked-steps must be between 0 and --steps ({self.steps})")
         if self.save_every < 1 or self.log_every < 1:
             raise InputError("--save-every and --log-every must be positive")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 def lr_lambda(warmup: int, total: int):
@@ -85,12 +98,18 @@ def lr_lambda(warmup: int, total: int):
     return factor
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on gains, biases, the class token and the temperature (1-D params)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def autocast_context(device: torch.device, precision: str = "auto"):
+    """The autocast context of a train step: bf16 under ``"bf16"`` (any device) or ``"auto"`` on a GPU.
+
+    Weights, optimizer state and the loss stay fp32 (autocast only lowers the matmuls/convs inside
+    the forward). ``"bf16"`` on CPU runs the very code path a GPU run takes, which is how the tests
+    check it without a GPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -182,8 +201,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                       context_length=model_cfg.context_length, seed=cfg.seed, workers=cfg.workers,
                                       shuffle_buffer=cfg.shuffle_buffer, online_balance=cfg.online_balance,
                                       rank=rank, world_size=world), tokenizer)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(2000, max(1, cfg.steps // 10))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, cfg.steps))
 
@@ -208,7 +226,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     total_samples = dataset_size(loader.cfg.urls)
     if rank == 0:
         log.info("model %s: %.1fM params, %.3f GMACs/sample; %d shards%s; world size %d", cfg.model,
@@ -239,7 +256,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             images = batch["images"].to(device, non_blocking=True)
             tokens = batch["tokens"].to(device, non_blocking=True)
             eot = batch["eot"].to(device, non_blocking=True)
-            with autocast:
+            with autocast_context(device, cfg.precision):
                 image_features, text_features, scale = ddp_model(images, tokens, eot, mask_ratio=ratio)
                 loss = clip_loss(image_features.float(), text_features.float(), scale.float())
             optimizer.zero_grad(set_to_none=True)

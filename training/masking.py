@@ -32,5 +32,6 @@ def drop_patches(tokens: torch.Tensor, ratio: float, generator: torch.Generator 
     noise = torch.rand(batch, num_patches, device=tokens.device, generator=generator)
     # The `keep` smallest noise values give a uniform random subset per sample.
     kept_idx = noise.topk(keep, dim=1, largest=False).indices.sort(dim=1).values + 1
-    patches = tokens.gather(1, kept_idx.unsqueeze(-1).expand(batch, keep, width))
-    return torch.cat([tokens[:, :1], patches], dim=1)
+    # index 0 (the class token) first, so a single gather builds the output without a concatenation
+    index = torch.cat([kept_idx.new_zeros(batch, 1), kept_idx], dim=1)
+    return tokens.gather(1, index.unsqueeze(-1).expand(batch, 1 + keep, width))

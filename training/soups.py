@@ -7,8 +7,8 @@ model config (same architecture); typically they are fine-tunes or late checkpoi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -78,9 +78,16 @@ class BPETokenizer(_Base):
         self.vocab_size = tokenizer.get_vocab_size()
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 4096) -> "BPETokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096) -> BPETokenizer:
         """Learn merges from the captions (the only data we may assume offline)."""
-        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+        from tokenizers import (
+            Tokenizer,
+            decoders,
+            models,
+            normalizers,
+            pre_tokenizers,
+            trainers,
+        )
 
         tok = Tokenizer(models.BPE())
         tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])

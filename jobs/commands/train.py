@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop (with a checkpoint) at this step while keeping the --steps schedule")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="auto (default): bf16 autocast on GPU, fp32 on CPU; bf16 forces autocast "
+                             "(also on CPU); weights and optimizer state stay fp32 either way")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed, workers=args.workers, shuffle_buffer=args.shuffle_buffer,
                       online_balance=args.online_balance, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                       resume=args.resume, stop_after=args.stop_after, threads=args.threads,
+                      precision=args.precision,
                       progress=not args.no_progress)
     summary = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary

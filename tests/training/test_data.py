@@ -1,7 +1,6 @@
-import io
 import json
-import tarfile
 import random
+import tarfile
 
 import numpy as np
 import pytest

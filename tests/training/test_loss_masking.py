@@ -3,11 +3,16 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from training.loss import clip_loss
 from training.masking import drop_patches, kept_patch_count
-from training.model import CLIP, LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, get_config, gmacs_per_sample
+from training.model import (
+    CLIP,
+    LOGIT_SCALE_INIT,
+    LOGIT_SCALE_MAX,
+    get_config,
+    gmacs_per_sample,
+)
 
 
 def _direct_loss(img: np.ndarray, txt: np.ndarray, scale: float) -> float:

@@ -81,7 +81,7 @@ def test_cli_train_and_eval_contract_and_soups(shard_dir, tmp_path, capsys):
     w3, w6 = (load_checkpoint(p)["model"]["image_projection.weight"] for p in paths)
     assert torch.allclose(soup["image_projection.weight"], (w3 + w6) / 2, atol=1e-6)
     # greedy: score prefers weights close to step_6, so the soup stays step_6 alone
-    score = lambda s: -float((s["image_projection.weight"] - w6).abs().sum())  # noqa: E731
+    score = lambda s: -float((s["image_projection.weight"] - w6).abs().sum())
     greedy, chosen = greedy_soup(paths, score)
     assert chosen == [1] and torch.equal(greedy["image_projection.weight"], w6)
     soup_path = save_soup(soup, paths[1], tmp_path / "soup.pt")
