@@ -2,9 +2,11 @@
 
 Prints, in one run, against a ~500k-entry metadata (benchmarks/data.py):
   * rows/s of the match stage and of match+count+balance in local[1] and local[2], and the ratio
-    (target >= 1.8x: the job scales with cores);
+    (target >= 1.8x: the job scales with cores), at N and 4N rows (fixed costs amortise);
   * the Spark job's per-core match rate / the bare matcher's rate in this process on the same
-    captions (target >= 0.6: Spark overhead is small);
+    captions (target >= 0.6: Spark overhead is small), and / the rate of the match stage's own unit
+    work (read, uid, validate, match, write) run in a plain loop without Spark — the second ratio
+    isolates what Spark itself costs;
   * the driver's peak RSS (Python driver and its JVM) at N and 4N rows (target: flat — nothing
     row-sized reaches the driver).
 
@@ -96,6 +98,28 @@ def bare_rate(entries: list[str], captions: list[str]) -> tuple[float, str]:
         return len(captions) / (time.perf_counter() - t0), "Matcher"
 
 
+def bare_unit_rate(pool: Path, meta: Path, rows_per_unit: int, n_units: int = 4) -> float:
+    """The match stage's own per-unit work (read, uid, validate, match, write parts and marker) in a
+    plain loop in this process: no Spark. Matcher built before the clock starts."""
+    from dataclasses import asdict
+
+    from curation.matching import entries_fingerprint, load_metadata_json
+    from jobs.curate import CurateParams, _executor_matcher, _match_unit, plan_units
+
+    out = tempfile.mkdtemp(prefix="bench-bare-")
+    p = CurateParams(pool=str(pool), metadata=str(meta), out=out, rows_per_unit=rows_per_unit)
+    units, _ = plan_units(p)
+    units = [u for u in units if u["rows"] == max(x["rows"] for x in units)][:n_units]
+    ctx = {"params": asdict(p), "metadata_fingerprint": entries_fingerprint(load_metadata_json(str(meta))),
+           "metadata_local": str(meta), "metadata_name": meta.name}
+    _executor_matcher(ctx)
+    t0 = time.perf_counter()
+    rows = sum(_match_unit(u, ctx)["in"] for u in units)
+    rate = rows / (time.perf_counter() - t0)
+    subprocess.run(["rm", "-rf", out])
+    return rate
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -108,33 +132,42 @@ def main() -> None:
     if not meta.exists():
         meta.write_text(json.dumps(entries))
     pool = write_pool(args.rows, CACHE_DIR / f"pool-{args.rows}")
-    print(f"metadata: {len(entries):,} entries; pool: {args.rows:,} captions; cores: {os.cpu_count()}")
+    big = write_pool(args.big_rows, CACHE_DIR / f"pool-{args.big_rows}")
+    print(f"metadata: {len(entries):,} entries; pools: {args.rows:,} and {args.big_rows:,} captions; "
+          f"cores: {os.cpu_count()}")
 
     sample = bench_captions(min(args.rows, 200_000), seed=1000)
     bare, kind = bare_rate(entries, sample)
-    print(f"bare {kind}, one core, in-process: {bare:,.0f} captions/s")
+    print(f"bare {kind}, one core, in-process: {bare:,.0f} captions/s (matching only)")
+    unit_rate = bare_unit_rate(pool, meta, args.rows_per_unit)
+    print(f"match-stage unit work without Spark, one core: {unit_rate:,.0f} rows/s "
+          f"(read + uid + validate + match + write)")
 
-    r1 = spark_run("local[1]", pool, meta, args.rows_per_unit)
-    r2 = spark_run("local[2]", pool, meta, args.rows_per_unit)
-    for name, r in (("local[1]", r1), ("local[2]", r2)):
-        t = r["times"]
-        print(f"{name}: match {r['rows'] / t['match']:,.0f} rows/s, match+count+balance "
-              f"{r['rows'] / sum(t.values()):,.0f} rows/s  (match {t['match']:.1f}s, count {t['count']:.1f}s, "
-              f"balance {t['balance']:.1f}s)")
-    scale_match = r1["times"]["match"] / r2["times"]["match"]
-    scale_all = sum(r1["times"].values()) / sum(r2["times"].values())
-    print(f"scaling local[2]/local[1]: match {scale_match:.2f}x, whole job {scale_all:.2f}x (target >= 1.8x)")
-    per_core = r1["rows"] / r1["times"]["match"]
-    print(f"Spark per-core match rate / bare matcher: {per_core / bare:.2f} (target >= 0.6)")
-
-    big = write_pool(args.big_rows, CACHE_DIR / f"pool-{args.big_rows}")
-    rb = spark_run("local[2]", big, meta, args.rows_per_unit)
-    print(f"driver peak RSS at {args.rows:,} rows: python {r2['py_rss'] / 2**20:,.0f} MiB, "
-          f"JVM {r2['jvm_rss'] / 2**20:,.0f} MiB")
+    runs = {}
+    for size, path in ((args.rows, pool), (args.big_rows, big)):
+        for master in ("local[1]", "local[2]"):
+            r = spark_run(master, path, meta, args.rows_per_unit)
+            runs[(size, master)] = r
+            t = r["times"]
+            print(f"{size:>10,} rows {master}: match {r['rows'] / t['match']:,.0f} rows/s, match+count+balance "
+                  f"{r['rows'] / sum(t.values()):,.0f} rows/s  (match {t['match']:.1f}s, count {t['count']:.1f}s, "
+                  f"balance {t['balance']:.1f}s)")
+    for size in (args.rows, args.big_rows):
+        r1, r2 = runs[(size, "local[1]")], runs[(size, "local[2]")]
+        scale_match = r1["times"]["match"] / r2["times"]["match"]
+        scale_all = sum(r1["times"].values()) / sum(r2["times"].values())
+        per_core = r1["rows"] / r1["times"]["match"]
+        print(f"{size:>10,} rows: scaling local[2]/local[1]: match {scale_match:.2f}x, whole job {scale_all:.2f}x "
+              f"(target >= 1.8x)")
+        print(f"{size:>10,} rows: Spark per-core match rate (local[1], whole stage incl. start-up) / bare matcher: "
+              f"{per_core / bare:.2f} (target >= 0.6); / the same unit work without Spark: {per_core / unit_rate:.2f}")
+    ra, rb = runs[(args.rows, "local[2]")], runs[(args.big_rows, "local[2]")]
+    print(f"driver peak RSS at {args.rows:,} rows: python {ra['py_rss'] / 2**20:,.0f} MiB, "
+          f"JVM {ra['jvm_rss'] / 2**20:,.0f} MiB")
     print(f"driver peak RSS at {args.big_rows:,} rows: python {rb['py_rss'] / 2**20:,.0f} MiB, "
           f"JVM {rb['jvm_rss'] / 2**20:,.0f} MiB")
-    print(f"RSS ratio {args.big_rows // args.rows}x rows: python {rb['py_rss'] / r2['py_rss']:.2f}x, "
-          f"JVM {rb['jvm_rss'] / r2['jvm_rss']:.2f}x (target: ~1.0, flat)")
+    print(f"RSS ratio {args.big_rows / args.rows:g}x rows: python {rb['py_rss'] / ra['py_rss']:.2f}x, "
+          f"JVM {rb['jvm_rss'] / ra['jvm_rss']:.2f}x (target: ~1.0, flat)")
 
 
 if __name__ == "__main__":
