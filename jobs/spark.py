@@ -85,6 +85,10 @@ def get_spark(master: str | None = None, app_name: str = "metacurate",
         .config("spark.driver.memory", os.environ.get("METACURATE_DRIVER_MEMORY", "2g"))
         .config("spark.python.worker.reuse", "true")  # keeps per-process caches (the automaton)
         .config("spark.executorEnv.PYSPARK_PYTHON", os.environ["PYSPARK_PYTHON"])
+        # One task per core: BLAS (the exact pHash resize is matrix products) must not start its
+        # own thread per core inside every task as well.
+        .config("spark.executorEnv.OPENBLAS_NUM_THREADS", os.environ.get("OPENBLAS_NUM_THREADS", "1"))
+        .config("spark.executorEnv.OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     )
     if master.startswith("local"):
         # Small shuffles on one machine: the default 200 partitions cost tens of seconds per job.
