@@ -3,13 +3,19 @@
 How the work is split (nothing row-sized ever reaches the driver):
 
 * Wikipedia ``.bz2`` dumps: the driver only scans each file for bz2 stream offsets
-  (``metadata.wiki.plan_units``) and ships ``(path, start, end)`` work units, one per partition.
-  Each executor decompresses, parses and tokenises its own unit and emits *partial* counts
-  (flushed every ``flush_keys`` distinct keys so executor memory stays bounded); Spark sums them
-  with ``groupBy``. A parquet of ``title, text`` is read by Spark directly and tokenised with
-  ``mapInArrow``.
+  (``metadata.wiki.plan_units``) and ships ``(path, start, end)`` work units, one per partition,
+  ~4 per core (even waves; not more, since each unit re-emits its own distinct keys). Each
+  executor decompresses, parses and tokenises its own unit and counts it with numpy
+  (``metadata.ngram_arrow``), holding at most ``flush_keys`` distinct bigrams before emitting
+  partial sums. Its counts leave the task split into key buckets, one Arrow IPC blob per bucket,
+  so Spark shuffles a few thousand binary rows instead of one row per distinct n-gram; each
+  reduce task sums its buckets with Arrow's hash aggregation and drops keys that cannot pass the
+  thresholds. The per-MB work is in parallel Python tasks; the JVM mostly moves blobs (it still
+  burns ~15% of the Python CPU time, measured by ``benchmarks/metadata_build.py``). A parquet of
+  ``title, text`` is read by Spark directly and counted the same way with ``mapInArrow``.
 * PMI is computed with DataFrame joins and column arithmetic on the summed counts.
-* Pageview files: one file per task, aggregated per file, summed with ``groupBy``.
+* Pageview files: one file per task, aggregated per file (titles percent-decoded), summed with
+  ``groupBy``.
 * Only each source's best ``cap + len(entries so far)`` candidates are collected (enough to fill
   the cap whatever the overlap with earlier sources): that is metadata-sized, not dump-sized.
 
@@ -31,6 +37,7 @@ import glob as globlib
 import logging
 import math
 import re
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
@@ -38,16 +45,27 @@ from typing import Iterator
 import pyarrow as pa
 
 from curation.errors import InputError
+from metadata import ngram_arrow, wiki
 from metadata import pageviews as pv
-from metadata import wiki
-from metadata.merge import (DEFAULT_CAPS, SourceCandidates, build_report, fingerprint,
-                            merge_sources, write_outputs)
+from metadata.merge import (
+    DEFAULT_CAPS,
+    SourceCandidates,
+    build_report,
+    fingerprint,
+    merge_sources,
+    write_outputs,
+)
 
 log = logging.getLogger(__name__)
 
-KIND_UNIGRAM, KIND_BIGRAM, KIND_TOTAL = 0, 1, 2
-COUNT_SCHEMA = pa.schema([("kind", pa.int8()), ("w1", pa.string()), ("w2", pa.string()), ("c", pa.int64())])
+KIND_UNIGRAM, KIND_BIGRAM, KIND_TOTAL = ngram_arrow.KIND_UNIGRAM, ngram_arrow.KIND_BIGRAM, ngram_arrow.KIND_TOTAL
 COUNT_DDL = "kind tinyint, w1 string, w2 string, c bigint"
+BLOB_SCHEMA = pa.schema([("bucket", pa.int32()), ("blob", pa.binary())])
+BLOB_DDL = "bucket int, blob binary"
+BUILD_VERSION = 2  # bump when a code change alters the outputs for the same inputs
+UNITS_PER_CORE = 4  # each unit re-emits its own distinct keys: fewer, larger units = less merge work
+REDUCE_INPUT_BYTES = 16 << 20
+BUCKETS_PER_PARTITION = 8
 
 
 @dataclass
@@ -62,7 +80,7 @@ class BuildConfig:
     pageview_min_total_views: int = pv.DEFAULT_MIN_TOTAL_VIEWS
     caps: dict = field(default_factory=lambda: dict(DEFAULT_CAPS))
     unit_mb: float | None = None  # compressed MB per work unit; None = automatic
-    flush_keys: int = 400_000
+    flush_keys: int = 4_000_000  # distinct bigrams a counting task holds before emitting partial sums
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,6 +103,51 @@ def expand_paths(pattern: str, what: str) -> list[str]:
     if not found:
         raise InputError(f"{what}: no file matches {pattern}")
     return [proto + p if proto and not p.startswith(proto) else p for p in found]
+
+
+def wordnet_files(wordnet_dir: str) -> list[str]:
+    """Every file under a WordNet folder (the fingerprint covers all of them)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(wordnet_dir)
+    if not fs.isdir(root):
+        raise InputError(f"WordNet folder not found: {wordnet_dir}")
+    return sorted(fs.find(root))
+
+
+def file_stamps(paths: list[str]) -> list[tuple[str, int | None, str]]:
+    """``(path, size, ETag or mtime)`` per file: cheap, and changes whenever a file is rewritten."""
+    import fsspec
+
+    stamps = []
+    for path in paths:
+        fs, p = fsspec.core.url_to_fs(path)
+        try:
+            info = fs.info(p)
+        except FileNotFoundError as exc:
+            raise InputError(f"input file vanished while planning: {path}") from exc
+        version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        stamps.append((path, info.get("size"), str(version)))
+    return stamps
+
+
+def completed_report(out_dir: str, build_fp: str) -> dict | None:
+    """The report of a finished build in ``out_dir`` with this fingerprint, else ``None``."""
+    import json
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    root = root.rstrip("/")
+    try:
+        with fs.open(f"{root}/_SUCCESS", "rb") as f:
+            marker = json.loads(f.read() or b"{}")
+        if marker.get("fingerprint") != build_fp:
+            return None
+        with fs.open(f"{root}/report.json", "rb") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 _INPUT_ERROR = re.compile(r"InputError: (.*)")
@@ -113,58 +176,57 @@ def _one_per_partition(spark, rows: list[tuple], ddl: str):
 # --------------------------------------------------------------------------------------------
 # executor side
 # --------------------------------------------------------------------------------------------
-def _counts_to_batches(counts: wiki.NgramCounts, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
-    kinds, w1s, w2s, cs = [], [], [], []
-
-    def flush():
-        batch = pa.RecordBatch.from_arrays(
-            [pa.array(kinds, pa.int8()), pa.array(w1s, pa.string()), pa.array(w2s, pa.string()),
-             pa.array(cs, pa.int64())], schema=COUNT_SCHEMA)
-        kinds.clear(); w1s.clear(); w2s.clear(); cs.clear()  # noqa: E702
-        return batch
-
-    for w, c in counts.unigrams.items():
-        kinds.append(KIND_UNIGRAM); w1s.append(w); w2s.append(None); cs.append(c)  # noqa: E702
-        if len(cs) >= batch_rows:
-            yield flush()
-    for (a, b), c in counts.bigrams.items():
-        kinds.append(KIND_BIGRAM); w1s.append(a); w2s.append(b); cs.append(c)  # noqa: E702
-        if len(cs) >= batch_rows:
-            yield flush()
-    for name, c in (("n_unigrams", counts.n_unigrams), ("n_bigrams", counts.n_bigrams), ("articles", counts.pages)):
-        kinds.append(KIND_TOTAL); w1s.append(name); w2s.append(None); cs.append(c)  # noqa: E702
-    yield flush()
+def _emit_blobs(tables: Iterator[pa.Table], n_buckets: int) -> Iterator[pa.RecordBatch]:
+    """Partial count tables -> one ``(bucket, Arrow IPC blob)`` row per non-empty key bucket."""
+    for table in tables:
+        for bucket, part in ngram_arrow.split_buckets(table, n_buckets):
+            yield pa.RecordBatch.from_arrays([pa.array([bucket], pa.int32()), pa.array([ngram_arrow.to_ipc(part)],
+                                                                                      pa.binary())],
+                                             schema=BLOB_SCHEMA)
 
 
-def _count_pages(texts: Iterator[str], flush_keys: int) -> Iterator[pa.RecordBatch]:
-    counts = wiki.NgramCounts.empty()
-    for text in texts:
-        counts.add_page(text)
-        if len(counts.bigrams) + len(counts.unigrams) >= flush_keys:
-            yield from _counts_to_batches(counts)
-            counts = wiki.NgramCounts.empty()
-    yield from _counts_to_batches(counts)
-
-
-def _count_units_fn(flush_keys: int):
+def _count_units_fn(flush_pairs: int, n_buckets: int):
     def count_units(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            cols = batch.to_pydict()
-            for path, start, end in zip(cols["path"], cols["start"], cols["end"]):
-                pages = wiki.iter_unit_pages(path, start, end)
-                yield from _count_pages(wiki.article_texts(pages), flush_keys)
+        def texts() -> Iterator[str]:
+            for batch in batches:
+                cols = batch.to_pydict()
+                for path, start, end in zip(cols["path"], cols["start"], cols["end"]):
+                    yield from wiki.article_texts(wiki.iter_unit_pages(path, start, end))
+        yield from _emit_blobs(ngram_arrow.count_texts(texts(), flush_pairs=flush_pairs), n_buckets)
     return count_units
 
 
-def _count_parquet_fn(flush_keys: int):
+def _count_parquet_fn(flush_pairs: int, n_buckets: int):
     def count_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        def texts():
+        def texts() -> Iterator[str]:
             for batch in batches:
                 for t in batch.column("text").to_pylist():
                     if t:
                         yield t
-        yield from _count_pages(texts(), flush_keys)
+        yield from _emit_blobs(ngram_arrow.count_texts(texts(), flush_pairs=flush_pairs), n_buckets)
     return count_rows
+
+
+def _sum_buckets_fn(min_unigram: int, min_bigram: int):
+    """Reduce side: blobs arrive sorted by bucket; sum each bucket's tables, emit the keys that
+    can still matter (see :func:`wiki_counts`)."""
+    def sum_buckets(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        current, tables = None, []
+
+        def flush() -> Iterator[pa.RecordBatch]:
+            merged = ngram_arrow.merge_count_tables(tables)
+            yield from ngram_arrow.drop_rare(merged, min_unigram, min_bigram).to_batches(max_chunksize=65_536)
+
+        for batch in batches:
+            for bucket, blob in zip(batch.column("bucket").to_pylist(), batch.column("blob").to_pylist()):
+                if bucket != current and tables:
+                    yield from flush()
+                    tables = []
+                current = bucket
+                tables.append(ngram_arrow.from_ipc(blob))
+        if tables:
+            yield from flush()
+    return sum_buckets
 
 
 def _pageview_fn(project: str, min_line_views: int):
@@ -172,13 +234,18 @@ def _pageview_fn(project: str, min_line_views: int):
         for batch in batches:
             for path in batch.column("path").to_pylist():
                 totals: dict[str, int] = {}
-                for title, views in pv.file_title_views(path, project, min_line_views).items():
+                stats: Counter = Counter()
+                for title, views in pv.file_title_views(path, project, min_line_views, stats).items():
                     entry = pv.title_entry(title)
                     totals[entry] = totals.get(entry, 0) + views
                 items = sorted(totals.items())
+                stat_items = sorted(stats.items())
+                # stat rows (entry null) travel with the titles so one pass yields both
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array([e for e, _ in items], pa.string()), pa.array([v for _, v in items], pa.int64())],
-                    names=["entry", "views"])
+                    [pa.array([e for e, _ in items] + [None] * len(stat_items), pa.string()),
+                     pa.array([v for _, v in items] + [n for _, n in stat_items], pa.int64()),
+                     pa.array([None] * len(items) + [k for k, _ in stat_items], pa.string())],
+                    names=["entry", "views", "stat"])
     return file_views
 
 
@@ -186,12 +253,20 @@ def _pageview_fn(project: str, min_line_views: int):
 # driver side
 # --------------------------------------------------------------------------------------------
 def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
-    """Summed counts DataFrame ``(kind, w1, w2, c)`` for the dump(s); plus input stats."""
+    """Summed counts DataFrame ``(kind, w1, w2, c)`` for the dump(s); plus input stats.
+
+    Only keys that can still matter are kept (the reduce drops the rest before Spark sees them):
+    bigrams seen >= ``bigram_min_count`` times, and unigrams seen >= the smaller of the two
+    minimum counts — a word of a kept bigram occurs at least as often as the bigram, so every
+    unigram count PMI needs is there. The totals rows always are.
+    """
     files = expand_paths(wiki_pattern, "Wikipedia dump")
     parquet = [f for f in files if f.endswith(".parquet")]
     dumps = [f for f in files if not f.endswith(".parquet")]
     parts = []
     info: dict = {"files": len(files)}
+    parallelism = spark.sparkContext.defaultParallelism
+    input_bytes = 0
     if dumps:
         bad = [f for f in dumps if not re.search(r"\.xml(\.bz2)?$|\.bz2$", f)]
         if bad:
@@ -200,11 +275,11 @@ def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
         import fsspec
 
         sizes = {f: fsspec.core.url_to_fs(f)[0].size(f) for f in dumps}
-        parallelism = spark.sparkContext.defaultParallelism
+        input_bytes += sum(sizes.values())
         if cfg.unit_mb:
             unit_bytes = int(cfg.unit_mb * (1 << 20))
-        else:  # a few units per core, 1..64 MB compressed each
-            unit_bytes = int(min(64 << 20, max(1 << 20, sum(sizes.values()) / (4 * parallelism))))
+        else:  # several units per core (even waves, a short tail), 1..64 MB compressed each
+            unit_bytes = int(min(64 << 20, max(1 << 20, sum(sizes.values()) / (UNITS_PER_CORE * parallelism))))
         units = []
         for f in dumps:
             units.extend(wiki.plan_units(f, unit_bytes))
@@ -215,21 +290,31 @@ def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
             log.warning("%d dump file(s) have one bz2 stream and cannot be split (e.g. %s); use the "
                         "*-multistream.xml.bz2 dumps to parallelise within a file", len(single), single[0])
         log.info("Wikipedia: %d file(s), %d work units of ~%.1f MB", len(dumps), len(units), unit_bytes / 2**20)
-        units_df = _one_per_partition(spark, units, "path string, start long, end long")
-        parts.append(units_df.mapInArrow(_count_units_fn(cfg.flush_keys), COUNT_DDL))
+        parts.append(("units", _one_per_partition(spark, units, "path string, start long, end long")))
     if parquet:
         df = spark.read.parquet(*parquet)
         if "text" not in df.columns:
             raise InputError(f"{parquet[0]}: a Wikipedia parquet needs a 'text' column (and 'title'); "
                              f"it has {df.columns}")
-        parts.append(df.select("text").mapInArrow(_count_parquet_fn(cfg.flush_keys), COUNT_DDL))
-    raw = parts[0]
-    for p in parts[1:]:
-        raw = raw.unionByName(p)
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
+        import fsspec
 
-    summed = raw.groupBy("kind", "w1", "w2").agg(F.sum("c").alias("c")).persist(StorageLevel.MEMORY_AND_DISK)
+        input_bytes += sum(fsspec.core.url_to_fs(f)[0].size(f) for f in parquet)
+        parts.append(("parquet", df.select("text")))
+    # reduce side: enough partitions that each holds ~REDUCE_INPUT_BYTES of input's counts, and
+    # several key buckets per partition so that buckets spread evenly over them
+    n_parts = max(2 * parallelism, math.ceil(input_bytes / REDUCE_INPUT_BYTES))
+    n_buckets = BUCKETS_PER_PARTITION * n_parts
+    info["reduce_partitions"] = n_parts
+    blobs = None
+    for kind, df in parts:
+        fn = _count_units_fn if kind == "units" else _count_parquet_fn
+        mapped = df.mapInArrow(fn(cfg.flush_keys, n_buckets), BLOB_DDL)
+        blobs = mapped if blobs is None else blobs.unionByName(mapped)
+    from pyspark import StorageLevel
+
+    summed = (blobs.repartition(n_parts, "bucket").sortWithinPartitions("bucket")
+              .mapInArrow(_sum_buckets_fn(min(cfg.unigram_min_count, cfg.bigram_min_count), cfg.bigram_min_count),
+                          COUNT_DDL).persist(StorageLevel.MEMORY_AND_DISK))
     return summed, info
 
 
@@ -259,16 +344,26 @@ def unigram_and_bigram_candidates(summed, cfg: BuildConfig):
 
 
 def title_candidates(spark, pattern: str, cfg: BuildConfig):
-    """``entry, score`` DataFrame of titles with total views >= the threshold; plus input stats."""
+    """``(titles, info, totals)``: the ``entry, score`` DataFrame of titles with total views >=
+    the threshold, input stats (incl. percent-decoding counts), and the persisted per-title
+    totals behind them (unpersist it when done)."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     files = expand_paths(pattern, "pageview files")
     df = _one_per_partition(spark, [(f,) for f in files], "path string").mapInArrow(
-        _pageview_fn(cfg.pageview_project, cfg.pageview_min_line_views), "entry string, views bigint")
-    totals = df.groupBy("entry").agg(F.sum("views").alias("views"))
-    titles = totals.where(F.col("views") >= cfg.pageview_min_total_views).select(
+        _pageview_fn(cfg.pageview_project, cfg.pageview_min_line_views), "entry string, views bigint, stat string")
+    totals = df.groupBy("stat", "entry").agg(F.sum("views").alias("views")).persist(StorageLevel.MEMORY_AND_DISK)
+    with executor_errors():
+        stats = {r["stat"]: int(r["views"]) for r in totals.where(F.col("stat").isNotNull()).collect()}
+    titles = totals.where(F.col("stat").isNull() & (F.col("views") >= cfg.pageview_min_total_views)).select(
         "entry", F.col("views").cast("double").alias("score"))
-    return titles, {"files": len(files)}
+    info = {"files": len(files), **{k: stats.get(k, 0) for k in ("percent_decoded", "undecodable",
+                                                                   "percent_literal")}}
+    if info["undecodable"]:
+        log.warning("pageviews: %d kept line(s) have %%-escapes that are not UTF-8; their titles were kept "
+                    "as they are", info["undecodable"])
+    return titles, info, totals
 
 
 def collect_best(df, source: str, cap: int | None, n_prior: int, stats: dict) -> SourceCandidates:
@@ -292,21 +387,35 @@ def _finite(x: float) -> float | None:
 
 
 def build_metadata(spark, out_dir: str, wordnet_dir: str | None = None, wiki_pattern: str | None = None,
-                   pageview_pattern: str | None = None, cfg: BuildConfig | None = None) -> dict:
-    """Build every requested source, merge, lint and write ``out_dir``; return the report."""
+                   pageview_pattern: str | None = None, cfg: BuildConfig | None = None,
+                   force: bool = False) -> dict:
+    """Build every requested source, merge, lint and write ``out_dir``; return the report.
+
+    Skipped (the existing report is returned) when ``out_dir/_SUCCESS`` carries the fingerprint
+    of these settings and inputs — each input file's path, size and mtime (ETag on object
+    stores), the WordNet folder's files included — unless ``force``. So editing or replacing any
+    input file in place triggers a rebuild, and ``spark`` may be ``None`` for a skipped run.
+    """
     from metadata.wordnet import wordnet_entries
 
     cfg = cfg or BuildConfig()
     if not (wordnet_dir or wiki_pattern or pageview_pattern):
         raise InputError("nothing to build: give at least one of --wordnet, --wiki, --pageviews")
     # validate every input before the slow work starts
-    if wiki_pattern:
-        expand_paths(wiki_pattern, "Wikipedia dump")
-    if pageview_pattern:
-        expand_paths(pageview_pattern, "pageview files")
-    sources: list[SourceCandidates] = []
+    inputs = {"wordnet": wordnet_files(wordnet_dir) if wordnet_dir else [],
+              "wiki": expand_paths(wiki_pattern, "Wikipedia dump") if wiki_pattern else [],
+              "pageviews": expand_paths(pageview_pattern, "pageview files") if pageview_pattern else []}
     extra: dict = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("flush_keys", "unit_mb")},
                    "inputs": {"wordnet": wordnet_dir, "wiki": wiki_pattern, "pageviews": pageview_pattern}}
+    build_fp = fingerprint({"version": BUILD_VERSION, "config": extra["config"],
+                            "inputs": {k: file_stamps(v) for k, v in inputs.items()}})
+    if not force:
+        done = completed_report(out_dir, build_fp)
+        if done is not None:
+            log.info("metadata: %s is already built from these inputs and settings (fingerprint %s); "
+                     "skipping (--force rebuilds)", out_dir, build_fp)
+            return done
+    sources: list[SourceCandidates] = []
     n_prior = 0
     if wordnet_dir:
         names, wn_stats = wordnet_entries(wordnet_dir)
@@ -337,12 +446,15 @@ def build_metadata(spark, out_dir: str, wordnet_dir: str | None = None, wiki_pat
         finally:
             summed.unpersist()
     if pageview_pattern:
-        titles, pv_info = title_candidates(spark, pageview_pattern, cfg)
-        extra["pageviews"] = pv_info
-        sources.append(collect_best(titles, "title", cfg.caps.get("title"), n_prior,
-                                    {"min_line_views": cfg.pageview_min_line_views,
-                                     "min_total_views": cfg.pageview_min_total_views,
-                                     "project": cfg.pageview_project}))
+        titles, pv_info, title_totals = title_candidates(spark, pageview_pattern, cfg)
+        try:
+            extra["pageviews"] = pv_info
+            sources.append(collect_best(titles, "title", cfg.caps.get("title"), n_prior,
+                                        {"min_line_views": cfg.pageview_min_line_views,
+                                         "min_total_views": cfg.pageview_min_total_views,
+                                         "project": cfg.pageview_project}))
+        finally:
+            title_totals.unpersist()
     merged, source_stats = merge_sources(sources, cfg.caps)
     if not merged:
         raise InputError("the build produced no entries: every source was empty after its thresholds "
@@ -352,5 +464,5 @@ def build_metadata(spark, out_dir: str, wordnet_dir: str | None = None, wiki_pat
     summary = {"stage": "metadata", "in": total_in, "out": len(merged),
                "rejected": {"duplicate": sum(s["duplicates_of_earlier"] for s in source_stats.values()),
                             "over_cap": sum(s["over_cap"] for s in source_stats.values())}}
-    write_outputs(out_dir, merged, report, summary, fingerprint(extra))
+    write_outputs(out_dir, merged, report, summary, build_fp)
     return report

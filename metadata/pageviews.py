@@ -6,6 +6,13 @@ Wikipedia titles that are popular: per line we keep project ``en`` only (not ``e
 ``Special:``, ``File:``, ``Talk:`` … pages), sum the kept views per title over all files, and keep
 titles whose total reaches ``min_total_views``. The entry is the title with ``_`` -> space.
 
+Percent-encoding: the dumps carry titles as they were requested, so one article can appear as
+``Café`` and as ``Caf%C3%A9``. Titles containing ``%`` are percent-decoded as UTF-8 *before*
+the ``:`` filter and the summing, so both spellings add up to one entry (and ``Special%3ASearch``
+is dropped like ``Special:Search``). A ``%`` not followed by two hex digits stays as it is
+(``100%_Pure``). A title whose ``%XX`` sequences do not decode as UTF-8 (e.g. Latin-1 ``Caf%E9``)
+is kept raw, never guessed at, and counted as ``undecodable`` in the build report.
+
 A file is the unit of work (hourly files are ~50 MB gzip'd); ``file_title_views`` aggregates one
 file in memory bounded by the number of distinct kept titles in that hour.
 """
@@ -16,6 +23,7 @@ import io
 import logging
 from collections import Counter
 from typing import IO, Iterable, Iterator
+from urllib.parse import unquote
 
 from curation.errors import InputError
 
@@ -53,9 +61,24 @@ def parse_line(line: str, source: str, line_no: int) -> tuple[str, str, int] | N
     return project, title, n
 
 
-def iter_kept_lines(path: str, project: str = DEFAULT_PROJECT,
-                    min_line_views: int = DEFAULT_MIN_LINE_VIEWS) -> Iterator[tuple[str, int]]:
-    """``(title, views)`` for the lines of one file that pass the per-line filters."""
+def decode_title(title: str) -> tuple[str, bool]:
+    """``(title percent-decoded as UTF-8, True)``, or ``(title unchanged, False)`` when its
+    ``%XX`` sequences are not valid UTF-8. Titles without ``%`` come back as they are."""
+    if "%" not in title:
+        return title, True
+    try:
+        return unquote(title, encoding="utf-8", errors="strict"), True
+    except UnicodeDecodeError:
+        return title, False
+
+
+def iter_kept_lines(path: str, project: str = DEFAULT_PROJECT, min_line_views: int = DEFAULT_MIN_LINE_VIEWS,
+                    stats: Counter | None = None) -> Iterator[tuple[str, int]]:
+    """``(decoded title, views)`` for the lines of one file that pass the per-line filters.
+
+    ``stats`` (optional) counts lines whose title had a ``%``: ``percent_decoded``,
+    ``undecodable`` (kept raw) and ``percent_literal`` (a ``%`` that is not an escape).
+    """
     try:
         with _open_text(path) as f:
             for line_no, line in enumerate(f, 1):
@@ -63,7 +86,15 @@ def iter_kept_lines(path: str, project: str = DEFAULT_PROJECT,
                 if rec is None:
                     continue
                 proj, title, views = rec
-                if proj != project or views < min_line_views or ":" in title or not title:
+                if proj != project or views < min_line_views or not title:
+                    continue
+                if "%" in title:
+                    decoded, ok = decode_title(title)
+                    if stats is not None:
+                        stats["percent_decoded" if ok and decoded != title else
+                              "undecodable" if not ok else "percent_literal"] += 1
+                    title = decoded
+                if ":" in title or not title:
                     continue
                 yield title, views
     except (EOFError, gzip.BadGzipFile, OSError) as exc:
@@ -73,10 +104,10 @@ def iter_kept_lines(path: str, project: str = DEFAULT_PROJECT,
 
 
 def file_title_views(path: str, project: str = DEFAULT_PROJECT,
-                     min_line_views: int = DEFAULT_MIN_LINE_VIEWS) -> Counter:
-    """Kept views per raw title within one file."""
+                     min_line_views: int = DEFAULT_MIN_LINE_VIEWS, stats: Counter | None = None) -> Counter:
+    """Kept views per (decoded) title within one file."""
     totals: Counter = Counter()
-    for title, views in iter_kept_lines(path, project, min_line_views):
+    for title, views in iter_kept_lines(path, project, min_line_views, stats):
         totals[title] += views
     return totals
 
@@ -88,10 +119,10 @@ def title_entry(title: str) -> str:
 
 def title_totals(paths: Iterable[str], project: str = DEFAULT_PROJECT,
                  min_line_views: int = DEFAULT_MIN_LINE_VIEWS,
-                 min_total_views: int = DEFAULT_MIN_TOTAL_VIEWS) -> dict[str, int]:
+                 min_total_views: int = DEFAULT_MIN_TOTAL_VIEWS, stats: Counter | None = None) -> dict[str, int]:
     """Spark-free reference: entry -> total views, for entries reaching ``min_total_views``."""
     totals: Counter = Counter()
     for path in paths:
-        for title, views in file_title_views(path, project, min_line_views).items():
+        for title, views in file_title_views(path, project, min_line_views, stats).items():
             totals[title_entry(title)] += views
     return {t: v for t, v in totals.items() if v >= min_total_views}

@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--cap-bigram", type=_cap, default=100_646)
     b.add_argument("--cap-title", type=_cap, default=61_235)
     b.add_argument("--unit-mb", type=float, default=None, help="compressed MB per dump work unit (default: auto)")
+    b.add_argument("--force", action="store_true",
+                   help="rebuild even when --out already holds a build of the same inputs and settings")
     i = sub.add_parser("import", help="validate, lint and adopt an existing metadata.json")
     i.add_argument("metadata_json", metavar="metadata.json")
     i.add_argument("--out", required=True, metavar="DIR")
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         from jobs.spark import get_spark
 
         spark = get_spark(args.master, "metacurate-metadata")
-    report = build_metadata(spark, args.out, args.wordnet, args.wiki, args.pageviews, cfg)
+    report = build_metadata(spark, args.out, args.wordnet, args.wiki, args.pageviews, cfg, force=args.force)
     print(f"wrote {args.out}: {_summary_line(report)}")
     if "wordnet" in report:
         print(f"WordNet: {report['wordnet']['synsets']} synsets, {report['wordnet']['distinct_names']} distinct names")

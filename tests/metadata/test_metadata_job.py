@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +12,7 @@ import pytest
 
 from curation.errors import InputError
 from jobs.cli import main as cli_main
-from jobs.metadata_job import BuildConfig, build_metadata
+from jobs.metadata_job import BuildConfig, build_metadata, file_stamps, wordnet_files
 from metadata import wiki
 from metadata.synthetic import write_pageviews
 
@@ -141,3 +142,57 @@ def test_malformed_inputs_name_the_file_and_write_nothing(spark, wiki_inputs, tm
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".M")] == []
     assert cli_main(["metadata", "build", "--out", str(out)]) == 2
+
+
+def test_pageview_decoding_and_rebuild_only_when_an_input_changes(spark, tmp_path):
+    pv_dir = tmp_path / "pv"
+    pv_dir.mkdir()
+    hour = pv_dir / "pageviews-20240101-000000.gz"
+    write_pageviews(str(hour), [("en", "Café", 60), ("en", "Caf%C3%A9", 55), ("en", "Caf%E9", 80),
+                                ("en", "Special%3ARandom", 500)])
+    out = tmp_path / "M"
+    cfg = BuildConfig(pageview_min_total_views=70)
+    report = build_metadata(spark, str(out), None, None, str(pv_dir), cfg)
+    t = _entries(out)
+    assert dict(zip(t["entry"], t["score"])) == {"Café": 115.0, "Caf%E9": 80.0}
+    assert {k: report["pageviews"][k] for k in ("percent_decoded", "undecodable")} == {
+        "percent_decoded": 2, "undecodable": 1}
+    marker = (out / "_SUCCESS").read_bytes()
+    stamp = (out / "_SUCCESS").stat().st_mtime_ns
+    # unchanged inputs and settings: skipped (no Spark needed), outputs untouched
+    assert build_metadata(None, str(out), None, None, str(pv_dir), cfg) == report
+    assert (out / "_SUCCESS").stat().st_mtime_ns == stamp
+    # another setting: rebuilt
+    build_metadata(spark, str(out), None, None, str(pv_dir), BuildConfig(pageview_min_total_views=100))
+    assert _entries(out)["entry"] == ["Café"]
+    build_metadata(spark, str(out), None, None, str(pv_dir), cfg)
+    assert (out / "_SUCCESS").read_bytes() == marker
+    # the file rewritten in place (a later mtime): rebuilt
+    write_pageviews(str(hour), [("en", "Café", 90), ("en", "Caf%C3%A9", 55), ("en", "Caf%E9", 80),
+                                ("en", "Special%3ARandom", 500)])
+    st = hour.stat()
+    os.utime(hour, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    report2 = build_metadata(spark, str(out), None, None, str(pv_dir), cfg)
+    assert dict(zip(_entries(out)["entry"], _entries(out)["score"]))["Café"] == 145.0
+    assert report2["sources"]["title"]["candidates"] == 2
+    # a new file matching the glob: rebuilt too; --force rebuilds even when nothing changed
+    write_pageviews(str(pv_dir / "pageviews-20240101-010000.gz"), [("en", "Dog", 75)])
+    build_metadata(spark, str(out), None, None, str(pv_dir / "*.gz"), cfg)
+    assert "Dog" in _entries(out)["entry"]
+    stamp = (out / "_SUCCESS").stat().st_mtime_ns
+    build_metadata(spark, str(out), None, None, str(pv_dir / "*.gz"), cfg, force=True)
+    assert (out / "_SUCCESS").stat().st_mtime_ns != stamp
+
+
+def test_input_stamps_cover_every_wordnet_file(tmp_path):
+    wn = tmp_path / "wn"
+    wn.mkdir()
+    (wn / "data.noun").write_text("a")
+    (wn / "index.noun").write_text("b")
+    before = file_stamps(wordnet_files(str(wn)))
+    assert [Path(p).name for p, _, _ in before] == ["data.noun", "index.noun"]
+    st = (wn / "index.noun").stat()
+    os.utime(wn / "index.noun", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert file_stamps(wordnet_files(str(wn))) != before
+    with pytest.raises(InputError, match="WordNet folder not found"):
+        wordnet_files(str(tmp_path / "nope"))

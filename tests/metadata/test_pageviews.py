@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+from collections import Counter
 
 import pytest
 
@@ -60,3 +61,20 @@ def test_short_line_truncated_gzip_and_missing_file(tmp_path):
         pv.file_title_views(str(t))
     with pytest.raises(InputError, match="not found.*nope.gz"):
         pv.file_title_views(str(tmp_path / "nope.gz"))
+
+
+def test_percent_encoded_titles_are_decoded_and_summed(tmp_path):
+    p = str(tmp_path / "pageviews-20240101-020000.gz")
+    write_pageviews(p, [("en", "Café", 60), ("en", "Caf%C3%A9", 55),        # one article, two spellings
+                        ("en", "AC%2FDC", 80), ("en", "AC/DC", 50),
+                        ("en", "Special%3ASearch", 900),                    # ':' after decoding: dropped
+                        ("en", "100%_Pure", 90),                            # '%' that is no escape: as is
+                        ("en", "Caf%E9", 75), ("en", "Caf%E9", 70),          # Latin-1: not UTF-8, kept raw
+                        ("en", "New%20York", 40), ("en", "New_York", 45)])  # each line < 50: dropped
+    stats = Counter()
+    totals = pv.title_totals([p], stats=stats)
+    assert totals == {"Café": 115, "AC/DC": 130, "100% Pure": 90, "Caf%E9": 145}
+    assert stats == {"percent_decoded": 3, "percent_literal": 1, "undecodable": 2}
+    assert pv.decode_title("Caf%C3%A9") == ("Café", True)
+    assert pv.decode_title("Caf%E9") == ("Caf%E9", False)
+    assert pv.decode_title("%ZZ%2") == ("%ZZ%2", True)
