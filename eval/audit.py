@@ -19,7 +19,6 @@ import tarfile
 from collections import Counter
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,9 +40,16 @@ def k_sweep(pool_hashes: np.ndarray, eval_hashes: np.ndarray, max_k: int = SWEEP
     return ks, [int((best <= k).sum()) for k in ks], (q, e, d)
 
 
-def _read_member(tar_url: str, member_key: str) -> bytes | None:
+def _fs(url: str, storage_options: dict | None) -> tuple[Any, str]:
+    """(filesystem, path) with the run's storage options for remote URLs (s3://, ...)."""
+    from jobs.storage import get_fs  # jobs owns how storage options apply to URLs
+
+    return get_fs(url, storage_options)
+
+
+def _read_member(tar_url: str, member_key: str, storage_options: dict | None = None) -> bytes | None:
     """Bytes of the first image member of sample ``member_key`` in a tar (audit thumbnails only)."""
-    fs, path = fsspec.core.url_to_fs(tar_url)
+    fs, path = _fs(tar_url, storage_options)
     with fs.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
         for m in tar:
             base = m.name.rsplit("/", 1)[-1]
@@ -53,18 +59,19 @@ def _read_member(tar_url: str, member_key: str) -> bytes | None:
     return None
 
 
-def _load_source(source: str) -> bytes | None:
+def _load_source(source: str, storage_options: dict | None = None) -> bytes | None:
+    """Image bytes of an eval image from its ``source`` (``file:`` / ``tar:`` / ``parquet:``)."""
     try:
         kind, rest = source.split(":", 1)
         if kind == "file":
-            fs, p = fsspec.core.url_to_fs(rest)
+            fs, p = _fs(rest, storage_options)
             return fs.cat_file(p)
         if kind == "tar":
             url, member = rest.rsplit("#", 1)
-            return _read_member(url, member.split(".")[0])
+            return _read_member(url, member.split(".")[0], storage_options)
         if kind == "parquet":
             url, row = rest.rsplit("#", 1)
-            fs, p = fsspec.core.url_to_fs(url)
+            fs, p = _fs(url, storage_options)
             with fs.open(p, "rb") as f:
                 t = pq.read_table(f)
             col = next(c for c in ("image", "jpg", "png", "bytes", "img") if c in t.column_names)
@@ -89,7 +96,8 @@ def _thumb_b64(data: bytes | None, size: int = 128) -> str:
         return ""
 
 
-def _sweep_plot(ks: list[int], counts: list[int], k: int, path: str) -> None:
+def _sweep_plot(ks: list[int], counts: list[int], k: int) -> bytes:
+    """The k-sweep plot as PNG bytes (written by the caller through the run's storage)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -102,16 +110,24 @@ def _sweep_plot(ks: list[int], counts: list[int], k: int, path: str) -> None:
     ax.set_title("Overlap vs k (pHash)")
     ax.legend()
     fig.tight_layout()
-    with fsspec.open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    return buf.getvalue()
 
 
 def write_audit(out_dir: str, pool: pa.Table, evals: pa.Table, *, k: int = 8, phash_mode: str = "exact",
-                max_pairs: int = 60, title: str = "metacurate overlap audit") -> dict[str, Any]:
-    """Write ``out_dir/index.html`` + ``k_sweep.png`` + ``audit.json``; return the summary dict."""
-    fs, out_path = fsspec.core.url_to_fs(out_dir)
-    fs.makedirs(out_path, exist_ok=True)
+                max_pairs: int = 60, title: str = "metacurate overlap audit",
+                storage_options: dict | None = None) -> dict[str, Any]:
+    """Write ``out_dir/index.html`` + ``k_sweep.png`` + ``audit.json``; return the summary dict.
+
+    ``storage_options`` (endpoint, keys) apply to every read (thumbnails from tars / eval sources)
+    and write, so an ``s3://`` run needs no AWS_* variables."""
+    from jobs import storage
+
+    so = storage_options
+    out_dir = out_dir.rstrip("/")
+    storage.makedirs(out_dir, so)
     ph = pool.column("phash").to_numpy().astype(np.uint64) if len(pool) else np.zeros(0, np.uint64)
     eh = evals.column("phash").to_numpy().astype(np.uint64) if len(evals) else np.zeros(0, np.uint64)
     ks, counts, (q, e, d) = k_sweep(ph, eh)
@@ -129,15 +145,15 @@ def write_audit(out_dir: str, pool: pa.Table, evals: pa.Table, *, k: int = 8, ph
                             "pool_images": pool_per_set[n]} for n in datasets},
         "k_sweep": {"k": ks, "overlapping_pool_images": counts},
     }
-    _sweep_plot(ks, counts, k, f"{out_dir.rstrip('/')}/k_sweep.png")
+    storage.write_bytes_atomic(storage.join(out_dir, "k_sweep.png"), _sweep_plot(ks, counts, k), so)
     uids, tars, keys = (pool.column(c).to_pylist() for c in ("uid", "tar", "key"))
     ekeys, srcs = evals.column("key").to_pylist(), evals.column("source").to_pylist()
     order = np.lexsort((e, q, d))[:max_pairs]
     rows_html = []
     for n in order:
         i, j = int(q[n]), int(e[n])
-        left = _thumb_b64(_read_member(tars[i], keys[i]) if tars[i] else None)
-        right = _thumb_b64(_load_source(srcs[j]) if srcs[j] else None)
+        left = _thumb_b64(_read_member(tars[i], keys[i], so) if tars[i] else None)
+        right = _thumb_b64(_load_source(srcs[j], so) if srcs[j] else None)
         rows_html.append(
             f"<tr><td><img src='{left}' alt='pool'><br>{html.escape(str(uids[i]))}</td>"
             f"<td><img src='{right}' alt='eval'><br>{html.escape(ds[j])} / {html.escape(str(ekeys[j]))}</td>"
@@ -158,39 +174,44 @@ pool images with an eval near-duplicate: <b id="overlap-total">{summary['overlap
 <h2>Found pairs (closest first, at most {max_pairs})</h2>
 <table id="pairs"><tr><th>pool image</th><th>eval image</th><th>Hamming</th></tr>{''.join(rows_html)}</table>
 </body></html>"""
-    with fs.open(f"{out_path}/index.html", "w") as f:
-        f.write(page)
-    with fs.open(f"{out_path}/audit.json", "w") as f:
-        json.dump(summary, f, indent=1)
+    storage.write_bytes_atomic(storage.join(out_dir, "audit.json"), json.dumps(summary, indent=1).encode(), so)
+    storage.write_bytes_atomic(storage.join(out_dir, "index.html"), page.encode("utf-8"), so)
     log.info("audit: %d pool images overlap eval sets at k=%d -> %s/index.html",
              summary["overlapping_pool_images"], k, out_dir)
     return summary
 
 
-def audit_run(run_dir: str, out_dir: str | None = None) -> dict[str, Any]:
-    """Audit a run: pool hashes from ``RUN/dedup/hashes``, k and pHash path from ``dedup/params.json``."""
-    from jobs.images import _read_parquet, load_eval_hashes  # jobs owns the run layout
+def _ok_pool(hashes: pa.Table) -> pa.Table:
+    return hashes.filter(pc.equal(hashes.column("status"), "ok")).select(["uid", "phash", "tar", "key"])
 
+
+def audit_run(run_dir: str, out_dir: str | None = None, *,
+              storage_options: dict | None = None) -> dict[str, Any]:
+    """Audit a run: pool hashes from ``RUN/dedup/hashes``, k and pHash path from ``dedup/params.json``.
+
+    Every read and write goes through ``storage_options``; the page lands in ``RUN/audit`` (also
+    when RUN is ``s3://...``) unless ``out_dir`` says otherwise."""
+    from jobs import storage
+    from jobs.images import load_eval_hashes  # jobs owns the run layout
+
+    so = storage_options
     run_dir = run_dir.rstrip("/")
-    fs, _ = fsspec.core.url_to_fs(run_dir)
-    params_url = f"{run_dir}/dedup/params.json"
-    params = json.loads(fs.cat_file(fsspec.core.url_to_fs(params_url)[1])) if fs.exists(
-        fsspec.core.url_to_fs(params_url)[1]) else {}
-    hashes = _read_parquet(f"{run_dir}/dedup/hashes")
-    ok = pc.equal(hashes.column("status"), "ok")
-    pool = hashes.filter(ok).select(["uid", "phash", "tar", "key"])
-    return write_audit(out_dir or f"{run_dir}/audit", pool, load_eval_hashes(run_dir),
-                       k=int(params.get("k", 8)), phash_mode=params.get("phash_mode", "exact"))
+    params_url = storage.join(run_dir, "dedup", "params.json")
+    params = storage.read_json(params_url, so) if storage.exists(params_url, so) else {}
+    pool = _ok_pool(storage.read_parquet_any(storage.join(run_dir, "dedup", "hashes"), so))
+    return write_audit(out_dir or storage.join(run_dir, "audit"), pool, load_eval_hashes(run_dir, so),
+                       k=int(params.get("k", 8)), phash_mode=params.get("phash_mode", "exact"),
+                       storage_options=so)
 
 
-def audit_shards(shards: str, evalsets: str, out_dir: str, *, k: int = 8, phash_mode: str = "exact") -> dict[str, Any]:
+def audit_shards(shards: str, evalsets: str, out_dir: str, *, k: int = 8, phash_mode: str = "exact",
+                 storage_options: dict | None = None) -> dict[str, Any]:
     """Audit any WebDataset shards (e.g. someone else's) against hashed eval sets."""
     from jobs.images import hash_tar, list_tars, load_eval_hashes
 
-    tables = [hash_tar(t, phash_mode) for t in list_tars(shards)]
+    so = storage_options
+    tables = [hash_tar(t, phash_mode, so) for t in list_tars(shards, so)]
     if not tables:
         raise ValueError(f"no shards match {shards}")
-    hashes = pa.concat_tables(tables)
-    ok = pc.equal(hashes.column("status"), "ok")
-    pool = hashes.filter(ok).select(["uid", "phash", "tar", "key"])
-    return write_audit(out_dir, pool, load_eval_hashes(evalsets), k=k, phash_mode=phash_mode)
+    return write_audit(out_dir, _ok_pool(pa.concat_tables(tables)), load_eval_hashes(evalsets, so),
+                       k=k, phash_mode=phash_mode, storage_options=so)

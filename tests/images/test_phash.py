@@ -157,3 +157,67 @@ def _jpeg(img: Image.Image) -> bytes:
     b = io.BytesIO()
     img.convert("RGB").save(b, "JPEG", quality=85)
     return b.getvalue()
+
+
+def _jpeg_variants(natural) -> dict[str, bytes]:
+    """JPEG flavours the web serves: baseline 4:2:0, progressive, optimised tables, 4:4:4, grey,
+    RGB colour space (Adobe, no YCbCr), CMYK, EXIF-rotated; every libjpeg scale (1, 1/2, 1/8)."""
+    rng = np.random.default_rng(23)
+    out: dict[str, bytes] = {}
+
+    def save(name: str, img: Image.Image, **kw) -> None:
+        b = io.BytesIO()
+        img.save(b, "JPEG", **kw)
+        out[name] = b.getvalue()
+
+    for w, h in ((40, 30), (200, 130), (700, 520), (1100, 1300)):
+        img = natural(rng, w, h)
+        save(f"baseline{w}", img, quality=85)
+        save(f"progressive{w}", img, quality=80, progressive=True)
+    img = natural(rng, 530, 610)
+    save("optimized", img, quality=90, optimize=True)
+    save("444", img, quality=90, subsampling=0)
+    save("grey", img.convert("L"), quality=85)
+    save("rgb_colourspace", img, quality=85, keep_rgb=True)
+    save("cmyk", img.convert("CMYK"), quality=85)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save("exif_rotated", img, quality=85, exif=exif.tobytes())
+    return out
+
+
+def test_fast_jpeg_decoder_gives_the_draft_path_pixels(natural, monkeypatch):
+    """The direct JPEG decode (no Image.open / load) yields exactly the thumbnails of
+    ``draft("L", (64, 64))`` + ``load()``, so fast hashes do not depend on which route ran."""
+    import curation.phash as ph
+
+    variants = _jpeg_variants(natural)
+    direct = {name: ph._fast_jpeg_thumb(d, ph.DEFAULT_MAX_PIXELS) for name, d in variants.items()}
+    assert direct.pop("cmyk") is None  # libjpeg has no CMYK -> grey: the generic path handles it
+    monkeypatch.setattr(ph, "_fast_jpeg_thumb", lambda data, max_pixels: None)
+    for name, thumb in direct.items():
+        assert thumb is not None and thumb.shape == (32, 32), name
+        assert np.array_equal(thumb, ph._thumb_from_bytes(variants[name], "fast", ph.DEFAULT_MAX_PIXELS)), name
+    generic_cmyk = ph._thumb_from_bytes(variants["cmyk"], "fast", ph.DEFAULT_MAX_PIXELS)
+    monkeypatch.undo()
+    assert np.array_equal(ph._thumb_from_bytes(variants["cmyk"], "fast", ph.DEFAULT_MAX_PIXELS), generic_cmyk)
+
+
+def test_jpeg_frame_header_and_fast_bomb_check(natural):
+    import curation.phash as ph
+
+    for name, data in _jpeg_variants(natural).items():
+        with Image.open(io.BytesIO(data)) as im:
+            assert ph.jpeg_frame_header(data) == (*im.size, len(im.getbands())), name
+    b = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(b, "PNG")
+    for not_jpeg in (b"", b"\xff\xd8", b"\xff\xd8\xff\xda\x00\x02", b.getvalue(), b"\xff\xd8garbage" * 3):
+        assert ph.jpeg_frame_header(not_jpeg) is None
+    # a small JPEG whose frame header claims 60000 x 60000 px: refused before any decoding
+    data = bytearray(_jpeg(natural(np.random.default_rng(1), 64, 64)))
+    i = next(i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xC0)
+    data[i + 5:i + 9] = (60000).to_bytes(2, "big") * 2
+    assert ph.jpeg_frame_header(bytes(data))[:2] == (60000, 60000)
+    with pytest.raises(ImageDecodeError) as info:
+        phash_bytes(bytes(data), mode="fast")
+    assert info.value.reason == "image_too_large"

@@ -1,7 +1,7 @@
 """The image stages on an s3:// run dir (moto on 127.0.0.1) with the config's `storage:` options only.
 
 No AWS_* variable is set in this process: if any fsspec call in download / evalsets hash / dedup /
-shard dropped the options, it would not find the moto endpoint and the test would fail.
+shard / audit dropped the options, it would not find the moto endpoint and the test would fail.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def moto_opts(monkeypatch):
         proc.wait()
 
 
-def test_image_stages_on_s3_with_config_storage_options(moto_opts, http_server, natural, spark):
+def test_image_stages_on_s3_with_config_storage_options(moto_opts, http_server, natural, spark, tmp_path):
     from curation.shards import read_tar_samples
     from jobs.images import dedup_stage, download_stage, hash_evalset, shard_stage
 
@@ -109,3 +109,28 @@ def test_image_stages_on_s3_with_config_storage_options(moto_opts, http_server, 
     got = [json.loads(x["json"]) for x in read_tar_samples(f"{run}/shards/000000.tar", storage_options=opts)]
     assert len(got) == 3 and all(g["entries"] == ["one", "two"] and len(g["phash"]) == 16 for g in got)
     assert "s3planted" not in {g["uid"] for g in got}
+
+    # the audit reads hashes, eval sources and tars from the bucket and writes its page there,
+    # with the options from `metacurate audit --config` (the config's `storage:` section)
+    import yaml
+
+    from jobs.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": run, "pool": {"path": "s3://imgs3/pool"},
+                                   "metadata": {"path": "s3://imgs3/m.json"}, "balance": {"t": 10},
+                                   "storage": {"endpoint_url": opts["endpoint_url"], "key": opts["key"],
+                                               "secret": opts["secret"]}}))
+    assert main(["audit", run, "--config", str(cfg)]) == 0
+    fs.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("imgs3/run/audit")) == ["audit.json", "index.html", "k_sweep.png"]
+    audit = json.loads(fs.cat_file("imgs3/run/audit/audit.json"))
+    assert audit["overlapping_pool_images"] == 1 and audit["per_dataset"]["toy"]["pool_images"] == 1
+    page = fs.cat_file("imgs3/run/audit/index.html").decode()
+    assert "s3planted" in page and page.count("src='data:image/jpeg;base64,") == 2  # both thumbnails loaded
+    assert fs.cat_file("imgs3/run/audit/k_sweep.png")[:4] == b"\x89PNG"
+    assert main(["audit", "--shards", f"{run}/download", "--evalsets", run, "--out", f"{run}/audit2",
+                 "-c", str(cfg)]) == 0
+    fs.invalidate_cache()
+    assert json.loads(fs.cat_file("imgs3/run/audit2/audit.json"))["overlapping_pool_images"] == 1
+    assert not os.path.exists("imgs3") and not (tmp_path / "imgs3").exists()  # nothing went to local disk
