@@ -481,21 +481,63 @@ def _drop_duplicates_in_part(unit_id: int, rows: np.ndarray, details: list[str],
     return int(len(rows))
 
 
-def _uid_buckets(path: str, n_buckets: int, storage_options: dict) -> list[tuple[int, tuple]]:
-    """One match part's uids split by bucket: ``(bucket, (unit, rows, uids))`` records."""
+def _part_uid_hashes(path: str, storage_options: dict) -> tuple[int, pa.Array, np.ndarray]:
     from curation.hashing import string_hash64
 
     unit_id = int(os.path.basename(path)[len("part-"):-len(".parquet")])
     uid = storage.read_parquet(path, storage_options, ["uid"]).column("uid").combine_chunks()
+    return unit_id, uid, string_hash64(uid)
+
+
+def _hash_buckets(path: str, n_buckets: int, storage_options: dict) -> list[tuple[int, np.ndarray]]:
+    """Pass 1 of the duplicate check: one part's uid hashes split by bucket (8 bytes per row)."""
+    _, _, h = _part_uid_hashes(path, storage_options)
+    if h.size == 0:
+        return []
+    h = np.sort(h)
+    bucket = (h % np.uint64(n_buckets)).astype(np.int64)
+    order = np.argsort(bucket, kind="stable")
+    cuts = np.flatnonzero(np.diff(bucket[order])) + 1
+    return [(int(bucket[rows[0]]), h[rows]) for rows in np.split(order, cuts)]
+
+
+def _repeated_hashes(arrays) -> list[np.ndarray]:
+    """Hash values seen more than once within one bucket (candidates; strings are compared later)."""
+    h = np.concatenate(list(arrays))
+    if h.size < 2:
+        return []
+    h.sort()
+    rep = np.unique(h[1:][h[1:] == h[:-1]])
+    return [rep] if rep.size else []
+
+
+def _uid_buckets(path: str, n_buckets: int, storage_options: dict,
+                 candidates: np.ndarray | None = None) -> list[tuple[int, tuple]]:
+    """Pass 2: one part's uids (only those whose hash is a candidate, when given) split by bucket:
+    ``(bucket, (unit, rows, uids))`` records."""
+    unit_id, uid, h = _part_uid_hashes(path, storage_options)
     if len(uid) == 0:
         return []
-    bucket = (string_hash64(uid) % np.uint64(n_buckets)).astype(np.int64)
+    rows_all = np.arange(len(uid))
+    if candidates is not None:
+        pos = np.searchsorted(candidates, h)
+        hit = (pos < len(candidates)) & (candidates[np.minimum(pos, len(candidates) - 1)] == h)
+        rows_all = rows_all[hit]
+        h = h[hit]
+        if rows_all.size == 0:
+            return []
+    bucket = (h % np.uint64(n_buckets)).astype(np.int64)
     order = np.argsort(bucket, kind="stable")  # rows stay ascending within a bucket
     cuts = np.flatnonzero(np.diff(bucket[order])) + 1
     out = []
-    for rows in np.split(order, cuts):
-        out.append((int(bucket[rows[0]]), (unit_id, rows.astype(np.int32), uid.take(pa.array(rows)))))
+    for sel in np.split(order, cuts):
+        rows = rows_all[sel]
+        out.append((int(bucket[sel[0]]), (unit_id, rows.astype(np.int32), uid.take(pa.array(rows)))))
     return out
+
+
+#: Above this many candidate hashes the exact pass runs over every row instead of broadcasting them.
+MAX_BROADCAST_CANDIDATES = 5_000_000
 
 
 def _later_occurrences(groups) -> list[tuple[int, tuple]]:
@@ -534,10 +576,13 @@ def _remove_duplicate_uids(spark, p: CurateParams, matched_rows: int) -> int:
     """Keep the first occurrence (pool order: file, then row) of every uid among matched rows and
     reject the others as ``duplicate_uid`` (detail: the part holding the kept one).
 
-    Done with Python RDD shuffles of Arrow arrays, not a JVM group-by of strings (which cost ~2x the
-    match stage itself here): each part's uids are split into buckets by a vectorised 64-bit hash;
-    a bucket's uids are compared exactly; the few later occurrences go back to their parts, which are
-    rewritten by executors. Only per-part counters reach the driver."""
+    Done with Python RDD shuffles of numpy/Arrow arrays, not a JVM group-by of strings (which cost
+    ~2x the match stage itself here). Pass 1 shuffles only a vectorised 64-bit hash per row, bucketed,
+    and finds hash values seen twice; with none (the usual pool) the check ends there. Pass 2 sends
+    the candidate rows' uid strings to their bucket, compares them exactly, and sends the later
+    occurrences back to their parts, which executors rewrite. The driver receives the candidate
+    hashes (only when there are at most MAX_BROADCAST_CANDIDATES; else pass 2 takes every row) and
+    per-part counters."""
     files = _part_files(p, "match")
     if not files:
         return 0
@@ -546,9 +591,27 @@ def _remove_duplicate_uids(spark, p: CurateParams, matched_rows: int) -> int:
     n_tasks = max(1, min(len(files), sc.defaultParallelism * 2))
     n_buckets = max(sc.defaultParallelism * 2, matched_rows // 2_000_000)
     params = asdict(p)
+    n_reduce = min(n_buckets, max(n_tasks, 1) * 4)
+    # Pass 1: 64-bit hashes only. The usual pool has no repeats: then this is the whole check.
+    cands = (sc.parallelize(files, n_tasks)
+             .flatMap(lambda path: _hash_buckets(path, n_buckets, opts))
+             .groupByKey(numPartitions=n_reduce)
+             .flatMap(lambda kv: _repeated_hashes(kv[1]))
+             .persist())
+    try:
+        n_cand = int(cands.map(len).sum())
+        if n_cand == 0:
+            return 0
+        log.info("match: %s uid hash values repeat; comparing those uids exactly", f"{n_cand:,}")
+        cand_bc = None
+        if n_cand <= MAX_BROADCAST_CANDIDATES:
+            cand_bc = sc.broadcast(np.unique(np.concatenate(cands.collect())))
+    finally:
+        cands.unpersist()
+    # Pass 2: exact string comparison of the candidate rows (all rows if the candidates are too many).
     later = (sc.parallelize(files, n_tasks)
-             .flatMap(lambda path: _uid_buckets(path, n_buckets, opts))
-             .groupByKey(numPartitions=min(n_buckets, max(n_tasks, 1) * 4))
+             .flatMap(lambda path: _uid_buckets(path, n_buckets, opts, cand_bc.value if cand_bc else None))
+             .groupByKey(numPartitions=n_reduce)
              .flatMap(lambda kv: _later_occurrences(list(kv[1]))))
     done = (later.groupByKey(numPartitions=n_tasks)
             .map(lambda kv: _apply_duplicate_drops(kv[0], list(kv[1]), CurateParams(**params)))

@@ -181,7 +181,7 @@ def test_random_mode_keeps_a_uniform_subset_of_the_target_size(spark, demo, tmp_
     assert s["balance"]["mode"] == "random" and s["balance"]["expected_kept"] == pytest.approx(800)
 
 
-def test_duplicate_uids_keep_the_first_in_pool_order_and_reconcile(spark, tmp_path):
+def test_duplicate_uids_keep_the_first_in_pool_order_and_reconcile(spark, tmp_path, monkeypatch):
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(["dog", "cat"]))
     pool = tmp_path / "pool"
@@ -225,3 +225,12 @@ def test_duplicate_uids_keep_the_first_in_pool_order_and_reconcile(spark, tmp_pa
     s3 = run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=str(tmp_path / "r3"), t=1000,
                                         check_duplicate_uids=False), stages=["match"])
     assert s3["match"]["out"] == 22 and "duplicate_uid" not in s3["match"]["rejected"]
+    # Too many candidate hashes to broadcast: the exact pass compares every row; same result.
+    import jobs.curate
+
+    monkeypatch.setattr(jobs.curate, "MAX_BROADCAST_CANDIDATES", 0)
+    r4 = str(tmp_path / "r4")
+    s4 = run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=r4, t=1000, rows_per_unit=4),
+                    stages=["match"])
+    assert s4["match"]["rejected"] == s["match"]["rejected"]
+    assert sorted(_read_dir(os.path.join(r4, "match")).column("uid").to_pylist()) == sorted(match["uid"])
