@@ -282,3 +282,13 @@ if __name__ == "__main__":  # python -m jobs.config [--update-readme README.md]
         print("updated" if update_readme(sys.argv[2]) else "up to date")
     else:
         print(config_reference())
+
+
+def storage_options_for(config_path: str | None) -> dict:
+    """fsspec options for a command: the `storage:` section of ``config_path`` when given, else the
+    standard AWS_* variables (commands such as `audit` and `evalsets` take an optional --config)."""
+    if config_path:
+        return load_config(config_path).storage.options()
+    from jobs.storage import storage_options_from_env
+
+    return storage_options_from_env()

@@ -26,14 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from eval.audit import audit_run, audit_shards
-    from jobs.storage import storage_options_from_env
+    from jobs.config import storage_options_for
 
-    if getattr(args, "config", None):
-        from jobs.config import load_config
-
-        options = load_config(args.config).storage.options()
-    else:
-        options = storage_options_from_env()
+    options = storage_options_for(getattr(args, "config", None))
     if args.shards:
         if not args.evalsets or not args.out:
             raise InputError("--shards needs --evalsets RUN (where eval hashes are) and --out DIR")

@@ -30,14 +30,9 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) != "hash":
         raise InputError("usage: metacurate evalsets hash --name NAME --images PATH --out RUN")
     from jobs.images import hash_evalset
-    from jobs.storage import storage_options_from_env
+    from jobs.config import storage_options_for
 
-    if getattr(args, "config", None):
-        from jobs.config import load_config
-
-        options = load_config(args.config).storage.options()
-    else:
-        options = storage_options_from_env()
+    options = storage_options_for(getattr(args, "config", None))
     result = hash_evalset(args.name, args.images, f"{args.out.rstrip('/')}/dedup", phash_mode=args.phash_mode,
                           storage_options=options)
     print(json.dumps(result))
