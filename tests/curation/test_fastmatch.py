@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import curation.fastmatch as fastmatch
+import curation.hashing as hashing
 from curation.errors import InputError
 from curation.fastmatch import FastMatcher, get_fast_matcher
 from curation.matching import Matcher, entries_fingerprint
@@ -69,7 +70,8 @@ def test_fast_matcher_equals_matcher_and_naive(entries, texts):
 def test_exact_even_when_every_hash_collides(entries, texts):
     """With a degenerate hash every lookup probes and must fall back on comparing bytes."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fastmatch, "_mix", lambda h: h & np.uint64(3))
+        mp.setattr(fastmatch, "_mix", lambda h: h & np.uint64(3))  # trie edges
+        mp.setattr(hashing, "mix", lambda h: h & np.uint64(3))  # vocabulary and text tokens
         assert_all_agree(entries, texts)
 
 
@@ -87,6 +89,7 @@ def test_tokens_equal_but_for_one_byte_never_confused(degenerate_hash):
     with pytest.MonkeyPatch.context() as mp:
         if degenerate_hash:
             mp.setattr(fastmatch, "_mix", lambda h: h & np.uint64(1))
+            mp.setattr(hashing, "mix", lambda h: h & np.uint64(1))
         assert_all_agree(entries, texts)
         assert_all_agree(entries + [t for t in texts if " " not in t], texts)
 
@@ -150,6 +153,48 @@ def test_get_fast_matcher_cache_and_fingerprint():
     b = get_fast_matcher(["x", "z"], fingerprint=entries_fingerprint(["x", "z"]))
     assert b is not a and b.match("z") == [1]
     assert FastMatcher(["q"]).fingerprint == entries_fingerprint(["q"])
+
+
+def test_compiled_matcher_file_matches_like_the_built_one(tmp_path):
+    """save() + load(): the mapped tables give the built matcher's ids, read-only, with its fingerprint."""
+    rng = np.random.default_rng(3)
+    words = np.array(_ref.WORDS + ["cat", "sat", "mat", "the", "on", "big", "red", "car"])
+    entries = sorted({" ".join(rng.choice(words, size=rng.integers(1, 4))) for _ in range(300)})
+    entries += ["hot dog", "hot dog", "", "a.b", "é 日本", "abcdefghXXXXXXXXXijklmnop", "."]  # shared keys, odd ones
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(0, 15)))) for _ in range(2000)]
+    texts += ["I ate a hot dog, hot dog.", None, "", "é 日本 .", "abcdefghXXXXXXXXXijklmnop!"]
+    built = FastMatcher(entries)
+    path = built.save(str(tmp_path / "m.bin"))
+    loaded = FastMatcher.load(path, built.fingerprint)
+    expected = Matcher(entries).match_batch(texts)
+    assert built.match_batch(texts) == expected
+    assert loaded.match_batch(texts) == expected
+    assert loaded.match_arrow(pa.array(texts * 2)).to_pylist() == expected * 2  # the repeated-text path
+    assert sum(map(len, expected)) > 2000
+    assert (loaded.n_entries, loaded.n_never_match, loaded.fingerprint) == (
+        built.n_entries, built.n_never_match, built.fingerprint)
+    assert loaded.entries is None
+    with pytest.raises(ValueError):  # the mapping is read-only: no task can corrupt it for the next
+        loaded._slot_vid[0] = 1
+    assert fastmatch.load_fast_matcher(path, built.fingerprint) is fastmatch.load_fast_matcher(path, built.fingerprint)
+
+
+def test_compiled_matcher_errors_name_the_file(tmp_path):
+    path = FastMatcher(["dog"]).save(str(tmp_path / "m.bin"))
+    with pytest.raises(InputError, match="other metadata"):
+        FastMatcher.load(path, entries_fingerprint(["cat"]))
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"not a matcher")
+    with pytest.raises(InputError, match="bad.bin is not a compiled"):
+        FastMatcher.load(str(bad))
+    with open(path, "rb") as f:
+        data = f.read()
+    newer = data.replace(b'"format": 1', b'"format": 9', 1)
+    assert newer != data
+    (tmp_path / "newer.bin").write_bytes(newer)
+    with pytest.raises(InputError, match="rebuild it"):
+        FastMatcher.load(str(tmp_path / "newer.bin"))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic save left no temp
 
 
 def test_bad_entries_raise_input_error():

@@ -1,4 +1,5 @@
 """The curate job in local Spark: outputs, reconciliation, bad input, partition invariance, resume."""
+import glob
 import json
 import os
 
@@ -234,3 +235,37 @@ def test_duplicate_uids_keep_the_first_in_pool_order_and_reconcile(spark, tmp_pa
                     stages=["match"])
     assert s4["match"]["rejected"] == s["match"]["rejected"]
     assert sorted(_read_dir(os.path.join(r4, "match")).column("uid").to_pylist()) == sorted(match["uid"])
+
+
+def test_duplicate_check_reads_uid_hash_side_files_or_falls_back(spark, tmp_path):
+    """Match tasks leave each part's sorted uid hashes for pass 1; without them (a run from before
+    they existed) pass 1 hashes the parts' uid columns with the same function: same rejects."""
+    import jobs.curate
+    from curation.hashing import string_hash64
+
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps(["dog"]))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    urls = [f"http://h/{i % 30}.jpg" for i in range(60)]  # every URL twice, the repeat in a later unit
+    pq.write_table(pa.table({"url": urls, "text": [f"dog {i}" for i in range(60)]}), pool / "a.parquet",
+                   row_group_size=10)
+    run = str(tmp_path / "run")
+    params = CurateParams(pool=str(pool), metadata=str(meta), out=run, t=1000, rows_per_unit=10)
+    s = run_curate(spark, params, stages=["match"])
+    assert s["match"]["rejected"] == {"duplicate_uid": 30} and s["match"]["out"] == 30
+    sides = sorted(glob.glob(os.path.join(run, "match", "_uidhash", "part-*.npy")))
+    assert len(sides) == 6
+    for side in sides:
+        h = np.load(side)
+        first = 10 * int(os.path.basename(side)[5:11])
+        expected = string_hash64(pa.array([uid_from_url(u) for u in urls[first:first + 10]]))
+        assert h.tolist() == sorted(expected.tolist())  # written before pass 2 dropped the repeats
+    # A match stage without the check writes no side files; the check run afterwards on its parts
+    # falls back to hashing their uid columns and drops the same rows.
+    r2 = str(tmp_path / "r2")
+    run_curate(spark, CurateParams(**{**params.__dict__, "out": r2, "check_duplicate_uids": False}), stages=["match"])
+    assert not os.path.exists(os.path.join(r2, "match", "_uidhash"))
+    assert jobs.curate._remove_duplicate_uids(spark, CurateParams(**{**params.__dict__, "out": r2}), 60) == 30
+    kept = lambda r: sorted(_read_dir(os.path.join(r, "match")).column("text").to_pylist())  # noqa: E731
+    assert kept(run) == kept(r2) == sorted(f"dog {i}" for i in range(30))
