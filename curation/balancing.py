@@ -105,7 +105,10 @@ def uniform_from_uid_array(seed: int, uids: pa.Array | pa.ChunkedArray) -> np.nd
     blake = hashlib.blake2b
     if isinstance(uids, pa.ChunkedArray):
         uids = uids.combine_chunks()
-    raw = b"".join([blake(prefix + b, digest_size=8).digest() for b in uids.cast(pa.binary()).to_pylist()])
+    raw_uids = uids.cast(pa.binary())
+    # In slices: a quarter million live bytes objects at once made CPython map fresh arenas.
+    raw = b"".join([b"".join([blake(prefix + b, digest_size=8).digest() for b in raw_uids.slice(i, 8192).to_pylist()])
+                    for i in range(0, len(raw_uids), 8192)])
     ints = np.frombuffer(raw, dtype="<u8")
     return (ints >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
@@ -117,12 +120,16 @@ def keep_mask(p_keep_values: np.ndarray, seed: int, uids: Sequence[str]) -> np.n
 
 # --------------------------------------------------------------------------- solving t
 def expected_kept_for_ts(offsets: np.ndarray, flat_ids: np.ndarray, counts: np.ndarray,
-                         ts: Sequence[float], chunk: int = 8) -> np.ndarray:
+                         ts: Sequence[float]) -> np.ndarray:
     """Σ p_keep over the given rows, for every t in ``ts`` (one value per t).
 
     Equal to ``p_keep_csr(offsets, flat_ids, entry_probabilities(counts, t)).sum()`` per t, but
-    works on the rows' own occurrences only (no entries-sized array per t) and on several t at
-    once (a 2-D ``reduceat``): the t sweep of the balance stage was 70% of its time before."""
+    works on the rows' own occurrences only (no entries-sized array per t), and only on the rows
+    that t leaves *unsaturated*: a row holding an entry with ``count <= t`` has p = 1 for that
+    entry, so p_keep = 1 exactly. Rows are ordered once by their smallest count (descending); for
+    each t the unsaturated rows are a prefix, whose occurrences are a prefix too. On a real pool
+    most rows hold some tail entry, so most of a geometric t grid touches few rows (the sweep was
+    60% of a balance task when every t visited every occurrence)."""
     offsets = np.asarray(offsets, dtype=np.int64)
     ts = [float(t) for t in ts]
     for t in ts:
@@ -132,19 +139,31 @@ def expected_kept_for_ts(offsets: np.ndarray, flat_ids: np.ndarray, counts: np.n
     flat_ids = np.asarray(flat_ids, dtype=np.int64)
     if len(offsets) < 2 or flat_ids.size == 0:
         return out
+    flat_ids = flat_ids[offsets[0]:offsets[-1]]
+    offsets = offsets - offsets[0]
     c = np.asarray(counts, dtype=np.float64)[flat_ids]
-    never = c <= 0  # an entry never counted has p = 1 (entry_probabilities' convention)
-    c[never] = 1.0
-    starts = offsets[:-1][np.diff(offsets) > 0]
-    for lo in range(0, len(ts), chunk):
-        tt = np.asarray(ts[lo:lo + chunk], dtype=np.float64)[:, None]
-        q = 1.0 - np.minimum(1.0, tt / c[None, :])
-        if never.any():
-            q[:, never] = 0.0
-        prod = np.multiply.reduceat(q, starts, axis=1)
-        out[lo:lo + len(tt)] = (1.0 - prod).sum(axis=1)
+    c[c <= 0] = 0.0  # an entry never counted has p = 1 (entry_probabilities' convention): saturated
+    lens = np.diff(offsets)
+    nonempty = lens > 0  # a row without entries has p_keep = 0
+    starts, lens = offsets[:-1][nonempty], lens[nonempty]
+    n_rows = len(starts)
+    cmin = np.minimum.reduceat(c, starts)
+    order = np.argsort(-cmin, kind="stable")  # unsaturated rows first, for every t
+    neg_cmin = -cmin[order]
+    lens_o = lens[order]
+    new_starts = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(lens_o, out=new_starts[1:])
+    # occurrences regrouped in that row order: row r's run starts[r] .. starts[r] + lens[r]
+    occ = np.repeat(starts[order] - new_starts[:-1], lens_o) + np.arange(new_starts[-1], dtype=np.int64)
+    c_o = c[occ]
+    for i, t in enumerate(ts):
+        k = int(np.searchsorted(neg_cmin, -t, side="left"))  # rows whose every count is > t
+        total = float(n_rows - k)
+        if k:
+            q = 1.0 - t / c_o[: new_starts[k]]
+            total += float((1.0 - np.multiply.reduceat(q, new_starts[:k])).sum())
+        out[i] = total
     return out
-
 
 
 def solve_t(evaluate: Callable[[np.ndarray], np.ndarray], target: float, max_count: int,

@@ -100,7 +100,12 @@ def test_sweep_matches_the_per_t_definition_and_uid_array_draw_matches():
     counts[3] = 0  # an id that occurs but has no count (inconsistent input): p = 1 by convention
     ts = [0.5, 1, 2, 7, 33, 1e6]
     direct = [B.p_keep_csr(offsets, flat, B.entry_probabilities(counts, t)).sum() for t in ts]
-    np.testing.assert_allclose(B.expected_kept_for_ts(offsets, flat, counts, ts, chunk=4), direct, rtol=1e-12)
+    np.testing.assert_allclose(B.expected_kept_for_ts(offsets, flat, counts, ts), direct, rtol=1e-12)
+    # a slice of a larger CSR (offsets not starting at 0) and an unsorted t list
+    tail = offsets[700:]
+    rebased = [B.p_keep_csr(tail - tail[0], flat[tail[0]:], B.entry_probabilities(counts, t)).sum() for t in ts]
+    np.testing.assert_allclose(B.expected_kept_for_ts(tail, flat, counts, ts[::-1]), rebased[::-1], rtol=1e-12)
+    assert 0 < rebased[0] < rebased[-1] < len(tail) - 1  # saturated and unsaturated rows both occur
     assert B.expected_kept_for_ts(np.array([0]), np.array([], np.int64), counts, ts).tolist() == [0.0] * len(ts)
     uids = [f"u{i}" for i in range(500)] + ["é漢"]
     assert (B.uniform_from_uid_array(9, pa.array(uids)) == B.uniform_from_uids(9, uids)).all()
