@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +93,7 @@ from dataclasses import asdict
 import pyarrow as pa
 from benchmarks.data import bench_captions
 from curation.fastmatch import FastMatcher
-from curation.matching import entries_fingerprint, load_metadata_json
+from curation.matching import load_metadata_json
 from jobs.curate import CurateParams, _match_unit, _ship_metadata_local, plan_units
 pool, meta, rows_per_unit, n_sample = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 entries = load_metadata_json(meta)

@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 _ROW_SEP = 0xFF  # never a byte of UTF-8 (nor of "surrogatepass" encodings)
 _DEDUP_BELOW = 0.9  # match distinct texts only when at least 10% of a batch are repeats
 _U64 = np.uint64
-_PAD = PAD  # zero bytes after every buffer so an 8-byte word can be read at any token start
-_MASKS = MASKS
 
 # Byte classes: 0 token byte, 1 separator (space/tab/LF/CR), 2 wrapped char, 3 row separator.
 _CLASS = np.zeros(256, dtype=np.uint8)
@@ -62,11 +60,6 @@ def _utf8_array(texts: Sequence[str | None]) -> pa.Array:
     except (UnicodeEncodeError, pa.ArrowException):
         raw = [t.encode("utf-8", "surrogatepass") if t is not None else None for t in texts]
         return pa.array(raw, pa.large_binary())
-
-
-_word_view = word_view
-_mix = mix
-_token_hashes = word_hashes  # the same function for vocabulary tokens and text tokens
 
 
 def _table_bits(n: int) -> int:
@@ -99,7 +92,7 @@ class _IntTable:
     def __init__(self, keys: np.ndarray, values: np.ndarray):
         self.bits = _table_bits(len(keys))
         self.mask = (1 << self.bits) - 1
-        slot_item = _build_slots(_mix(keys.astype(np.uint64)), self.bits)
+        slot_item = _build_slots(mix(keys.astype(np.uint64)), self.bits)
         occupied = slot_item >= 0
         self.keys = np.full(len(slot_item), -1, dtype=np.int64)
         self.values = np.full(len(slot_item), -1, dtype=np.int32)
@@ -110,7 +103,7 @@ class _IntTable:
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Values for ``keys`` (all >= 0), -1 where absent."""
         out = np.full(len(keys), -1, dtype=np.int32)
-        slots = (_mix(keys.astype(np.uint64)) >> self.shift).astype(np.int64)
+        slots = (mix(keys.astype(np.uint64)) >> self.shift).astype(np.int64)
         idx = np.arange(len(keys))
         while idx.size:
             tk = self.keys[slots]
@@ -129,6 +122,11 @@ _ALIGN = 64
 _STATE_ARRAYS = ("_vocab_padded", "_slot_vid", "_slot_len", "_slot_w0", "_vocab_starts", "_wrapped_vid",
                  "_root_child", "_has_children", "_node_key", "_key_offsets", "_key_ids_flat", "_key_first_id")
 _STATE_SCALARS = ("n_entries", "n_never_match", "_vocab_bits", "_vocab_size", "_shared_keys")
+
+
+def _data_start(head_len: int) -> int:
+    """Offset of the first array in a compiled file: magic, 8-byte header length, header, aligned."""
+    return -(-(len(_MAGIC) + 8 + head_len) // _ALIGN) * _ALIGN
 
 
 class FastMatcher:
@@ -199,10 +197,10 @@ class FastMatcher:
         _, off_buf, data_buf = vocab.buffers()
         offsets = np.frombuffer(off_buf, np.int64)[vocab.offset: vocab.offset + len(vocab) + 1]
         data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-        self._vocab_padded = np.concatenate([data[offsets[0]: offsets[-1]], np.zeros(_PAD, np.uint8)])
+        self._vocab_padded = np.concatenate([data[offsets[0]: offsets[-1]], np.zeros(PAD, np.uint8)])
         starts = offsets[:-1] - offsets[0]
         lens = np.diff(offsets)
-        hashes, w0 = _token_hashes(_word_view(self._vocab_padded), starts, lens)
+        hashes, w0 = word_hashes(word_view(self._vocab_padded), starts, lens)
         self._vocab_bits = _table_bits(len(vocab))
         slot_item = _build_slots(hashes, self._vocab_bits)
         occupied = slot_item >= 0
@@ -287,7 +285,7 @@ class FastMatcher:
             header["arrays"][name] = [arr.dtype.str, list(arr.shape), offset]
             offset += -(-arr.nbytes // _ALIGN) * _ALIGN
         head = json.dumps(header, sort_keys=True).encode()
-        data_start = -(-(len(_MAGIC) + 8 + len(head)) // _ALIGN) * _ALIGN
+        data_start = _data_start(len(head))
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
             f.write(_MAGIC + len(head).to_bytes(8, "little") + head)
@@ -317,7 +315,7 @@ class FastMatcher:
                 raise InputError(f"{path} was compiled from other metadata (fingerprint "
                                  f"{header['fingerprint']}, expected {fingerprint}); rebuild it")
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        data_start = -(-(len(_MAGIC) + 8 + head_len) // _ALIGN) * _ALIGN
+        data_start = _data_start(head_len)
         self = cls.__new__(cls)
         self.entries = None
         self._fingerprint = header["fingerprint"]
@@ -351,12 +349,12 @@ class FastMatcher:
         out = np.full(n, -1, dtype=np.int32)
         if n == 0:
             return out
-        h, w0 = _token_hashes(words, starts, lens)
+        h, w0 = word_hashes(words, starts, lens)
         mask = (1 << self._vocab_bits) - 1
         slots = (h >> _U64(64 - self._vocab_bits)).astype(np.int64)
         del h
         idx = np.arange(n)
-        vwords = _word_view(self._vocab_padded)
+        vwords = word_view(self._vocab_padded)
         while True:
             # w0/lens/starts/slots stay aligned with ``idx`` (the still-unresolved tokens).
             vid = self._slot_vid[slots]
@@ -365,7 +363,7 @@ class FastMatcher:
             j = 8
             while sub.size:
                 rest = lens[sub] - j
-                m = _MASKS[np.minimum(rest, 8)]
+                m = MASKS[np.minimum(rest, 8)]
                 eq = (vwords[self._vocab_starts[vid[sub]] + j] & m) == (words[starts[sub] + j] & m)
                 hit[sub[~eq]] = False
                 sub = sub[eq & (rest > 8)]
@@ -381,9 +379,9 @@ class FastMatcher:
     def _match_buffer(self, padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, entry_ids) sorted by (row, id), unique, for rows each ended by a 0xFF byte.
 
-        ``padded`` is the joined UTF-8 bytes followed by ``_PAD`` zero bytes.
+        ``padded`` is the joined UTF-8 bytes followed by ``PAD`` zero bytes.
         """
-        stream = padded[: len(padded) - _PAD]
+        stream = padded[: len(padded) - PAD]
         # Every separator / wrapped char / row end closes a token. All of them are < 64, ` or
         # 0xFF; pre-filter with cheap comparisons, then classify the few candidates by table.
         maybe = stream < 64
@@ -398,7 +396,7 @@ class FastMatcher:
         starts[:1] = 0
         starts[1:] = ev[:-1] + 1
         lens = ev - starts
-        vid = self._lookup_tokens(_word_view(padded), starts, lens)
+        vid = self._lookup_tokens(word_view(padded), starts, lens)
         # Token stream: each event contributes the run before it, then (wrapped char) its own
         # token or (row end) a -1 barrier, so no entry can span two rows.
         extra = ev_cls >= 2
@@ -485,7 +483,7 @@ class FastMatcher:
         data = data[offsets[0]: offsets[-1]]
         rel = offsets - offsets[0]
         joined = np.insert(data, rel[1:], np.uint8(_ROW_SEP))
-        padded = np.concatenate([joined, np.zeros(_PAD, np.uint8)])
+        padded = np.concatenate([joined, np.zeros(PAD, np.uint8)])
         rows, eids = self._match_buffer(padded)
         if arr.null_count:
             valid = arr.is_valid().to_numpy(zero_copy_only=False)

@@ -9,9 +9,9 @@ Design (why it looks like this):
   then its output part, then ``_units/<id>.json`` last. A retried task overwrites the same names;
   a re-run after a crash keeps units whose marker exists and redoes the rest: no duplicates, no
   holes. A stage whose ``_SUCCESS`` carries the same fingerprint is skipped.
-* **Heavy objects once per executor process.** The metadata JSON goes to executors with
-  ``addFile``; the automaton is built from it on first use and cached per process (Python
-  workers are reused), never pickled per task.
+* **Heavy objects once.** The driver compiles the matcher (cached by metadata fingerprint) and
+  ships the file with ``addFile``; each Python worker memory-maps it on first use and keeps it
+  (workers are reused), never pickled per task.
 * **Counts on executors.** Per-unit sparse counts are summed by a DataFrame aggregation; only the
   per-entry table (<= number of entries) reaches the driver. ``p`` is broadcast as float32.
 * **Reconciliation.** Every stage asserts ``in == out + sum(rejected)`` before marking success.
@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 
 from curation import balancing
 from curation.errors import InputError
-from curation.matching import entries_fingerprint, get_matcher, load_metadata_json
+from curation.fastmatch import COMPILED_FORMAT, FastMatcher
+from curation.matching import entries_fingerprint, load_metadata_json
 from jobs import storage
 
 log = logging.getLogger(__name__)
@@ -251,38 +252,17 @@ def pool_fingerprint(p: CurateParams) -> str:
 
 
 # =========================================================================== match
-_METADATA_CACHE: dict[str, list[str]] = {}
-
-
 def _executor_matcher(ctx: dict):
-    """The per-process matcher (built once, reused by later tasks in this Python worker)."""
-    fp = ctx["metadata_fingerprint"]
-    try:
-        from curation.fastmatch import get_fast_matcher  # the vectorised matcher, when present
-    except ImportError:
-        get_fast_matcher = None
-    if get_fast_matcher is not None and ctx.get("matcher_name"):
-        from curation.fastmatch import load_fast_matcher
+    """The per-process matcher: the driver's compiled file, mapped on first use and reused by later
+    tasks in this Python worker (the driver's local path on its own host, else the shipped copy)."""
+    from curation.fastmatch import load_fast_matcher
 
-        local = ctx.get("matcher_local")
-        if not (local and os.path.exists(local)):
-            from pyspark import SparkFiles
-
-            local = SparkFiles.get(ctx["matcher_name"])
-        return load_fast_matcher(local, fp), True
-    entries = _METADATA_CACHE.get(fp)
-    if entries is None:
+    local = ctx["matcher_local"]
+    if not os.path.exists(local):
         from pyspark import SparkFiles
 
-        local = ctx.get("metadata_local")
-        path = local if local and os.path.exists(local) else SparkFiles.get(ctx["metadata_name"])
-        with open(path, "rb") as f:
-            entries = json.loads(f.read().decode("utf-8"))
-        _METADATA_CACHE.clear()
-        _METADATA_CACHE[fp] = entries
-    if get_fast_matcher is not None:
-        return get_fast_matcher(entries, fp), True
-    return get_matcher(entries, fp), False
+        local = SparkFiles.get(ctx["matcher_name"])
+    return load_fast_matcher(local, ctx["metadata_fingerprint"])
 
 
 #: Reject reasons of the match stage, by code (0 = the row is fine). Rows are classified with numpy
@@ -437,16 +417,10 @@ def _match_unit(unit: dict, ctx: dict) -> dict:
     uids, null_url = _uids(table, unit["path"], first_row)
     texts, codes, details = _texts_and_reasons(table.column("text").combine_chunks(), p.max_text_bytes)
     codes[(codes == 0) & null_url] = _R["null_url"]
-    matcher, fast = _executor_matcher(ctx)
     valid_idx = np.flatnonzero(codes == 0)
     valid_texts = texts.take(pa.array(valid_idx)) if len(valid_idx) < n else texts
-    if fast:
-        matched = matcher.match_arrow(valid_texts)
-        lengths = pc.list_value_length(matched).to_numpy(zero_copy_only=False)
-    else:
-        lists = matcher.match_batch(valid_texts.to_pylist())
-        matched = pa.array(lists, type=pa.list_(pa.int32()))
-        lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    matched = _executor_matcher(ctx).match_arrow(valid_texts)
+    lengths = pc.list_value_length(matched).to_numpy(zero_copy_only=False)
     codes[valid_idx[lengths == 0]] = _R["no_match"]
     keep_local = lengths > 0
     keep_rows = pa.array(valid_idx[keep_local])
@@ -465,9 +439,10 @@ def _match_unit(unit: dict, ctx: dict) -> dict:
                              {pos[i]: d for i, d in details.items()})
     name = f"part-{unit['unit']:06d}.parquet"
     _write_part(rejects, storage.join(rejects_dir(p, "match"), name), p.storage_options)
-    _write_part(out, storage.join(stage_dir(p, "match"), name), p.storage_options)
+    part_url = storage.join(stage_dir(p, "match"), name)
+    _write_part(out, part_url, p.storage_options)
     if p.check_duplicate_uids:  # pass 1 of the duplicate check reads these 8 bytes per row
-        _write_uid_hashes(out.column("uid").combine_chunks(), _uid_hash_url(p, unit["unit"]), p.storage_options)
+        _write_uid_hashes(out.column("uid").combine_chunks(), _uid_hash_url(part_url), p.storage_options)
     summary = {"unit": unit["unit"], "in": n, "out": out.num_rows, "rejected": _reason_counts(codes, MATCH_REASONS)}
     storage.write_json_atomic(_unit_marker(p, "match", unit["unit"]), summary, p.storage_options)
     return summary
@@ -497,8 +472,10 @@ def _drop_duplicates_in_part(unit_id: int, rows: np.ndarray, details: list[str],
     return int(len(rows))
 
 
-def _uid_hash_url(p: CurateParams, unit_id: int) -> str:
-    return storage.join(stage_dir(p, "match"), "_uidhash", f"part-{unit_id:06d}.npy")
+def _uid_hash_url(part_url: str) -> str:
+    """``match/_uidhash/part-N.npy`` beside ``match/part-N.parquet``."""
+    name = os.path.basename(part_url)[:-len(".parquet")] + ".npy"
+    return storage.join(os.path.dirname(part_url), "_uidhash", name)
 
 
 def _write_uid_hashes(uids: pa.Array, url: str, storage_options: dict) -> None:
@@ -519,9 +496,8 @@ def _sorted_uid_hashes(path: str, storage_options: dict) -> np.ndarray:
     """Sorted uid hashes of one match part: from its side file, else (older runs) from the part."""
     import io
 
-    side = storage.join(os.path.dirname(path), "_uidhash", os.path.basename(path)[:-len(".parquet")] + ".npy")
     try:
-        fs, fpath = storage.get_fs(side, storage_options)
+        fs, fpath = storage.get_fs(_uid_hash_url(path), storage_options)
         return np.load(io.BytesIO(fs.cat_file(fpath)), allow_pickle=False)
     except (FileNotFoundError, OSError, ValueError):
         return np.sort(_part_uid_hashes(path, storage_options)[2])
@@ -695,8 +671,8 @@ def _dedup_counts(p: CurateParams) -> int:
 
 
 def _ship_metadata_local(p: CurateParams) -> dict:
-    """The metadata the match tasks need, as local files on the driver: the JSON (for the reference
-    matcher) and the compiled FastMatcher. Both are cached by content fingerprint under the temp dir.
+    """The compiled FastMatcher for the run's metadata, as a local file on the driver (cached under
+    the temp dir by content fingerprint and format).
 
     The matcher is compiled once, here, and shipped as a file: every worker maps it in
     milliseconds instead of building it (~1 s and ~0.5 GB of scratch per worker process for 500k
@@ -705,30 +681,18 @@ def _ship_metadata_local(p: CurateParams) -> dict:
     fp = entries_fingerprint(entries)
     local_dir = os.path.join(tempfile.gettempdir(), "metacurate-metadata")
     os.makedirs(local_dir, exist_ok=True)
-    name = f"metadata-{fp}.json"
+    name = f"matcher-{fp}-v{COMPILED_FORMAT}.bin"
     local = os.path.join(local_dir, name)
     if not os.path.exists(local):
-        storage.write_bytes_atomic(local, json.dumps(entries, ensure_ascii=False).encode("utf-8"))
-    shipped = {"metadata_fingerprint": fp, "metadata_name": name, "metadata_local": local,
-               "n_entries": len(entries)}
-    try:
-        from curation.fastmatch import COMPILED_FORMAT, FastMatcher
-    except ImportError:  # the reference matcher builds from the JSON in each worker
-        return shipped
-    mname = f"matcher-{fp}-v{COMPILED_FORMAT}.bin"
-    mlocal = os.path.join(local_dir, mname)
-    if not os.path.exists(mlocal):
         t0 = time.perf_counter()
-        FastMatcher(entries, fingerprint=fp).save(mlocal)
+        FastMatcher(entries, fingerprint=fp).save(local)
         log.info("match: compiled the matcher for %s entries in %.1fs", f"{len(entries):,}", time.perf_counter() - t0)
-    return {**shipped, "matcher_name": mname, "matcher_local": mlocal}
+    return {"metadata_fingerprint": fp, "n_entries": len(entries), "matcher_name": name, "matcher_local": local}
 
 
 def _ship_metadata(spark, p: CurateParams) -> dict:
     shipped = _ship_metadata_local(p)
-    spark.sparkContext.addFile(shipped["metadata_local"])
-    if "matcher_local" in shipped:
-        spark.sparkContext.addFile(shipped["matcher_local"])
+    spark.sparkContext.addFile(shipped["matcher_local"])
     return shipped
 
 

@@ -70,7 +70,7 @@ def test_fast_matcher_equals_matcher_and_naive(entries, texts):
 def test_exact_even_when_every_hash_collides(entries, texts):
     """With a degenerate hash every lookup probes and must fall back on comparing bytes."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fastmatch, "_mix", lambda h: h & np.uint64(3))  # trie edges
+        mp.setattr(fastmatch, "mix", lambda h: h & np.uint64(3))  # trie edges
         mp.setattr(hashing, "mix", lambda h: h & np.uint64(3))  # vocabulary and text tokens
         assert_all_agree(entries, texts)
 
@@ -88,7 +88,7 @@ def test_tokens_equal_but_for_one_byte_never_confused(degenerate_hash):
         texts.append(entries[-1] + " " + word)
     with pytest.MonkeyPatch.context() as mp:
         if degenerate_hash:
-            mp.setattr(fastmatch, "_mix", lambda h: h & np.uint64(1))
+            mp.setattr(fastmatch, "mix", lambda h: h & np.uint64(1))
             mp.setattr(hashing, "mix", lambda h: h & np.uint64(1))
         assert_all_agree(entries, texts)
         assert_all_agree(entries + [t for t in texts if " " not in t], texts)
