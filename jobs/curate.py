@@ -273,6 +273,21 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _SHA_CHUNK = 8192
 
 
+def _fast_sha224():
+    """CPython's built-in SHA-224 (``_sha2`` from 3.12, ``_sha256`` before) when present: the same
+    digest as ``hashlib.sha224`` without OpenSSL's per-call context set-up, which is most of the
+    cost for a URL-sized input (0.55 -> 0.39 us per row measured here)."""
+    for module in ("_sha2", "_sha256"):
+        try:
+            return getattr(__import__(module), "sha224")
+        except (ImportError, AttributeError):
+            continue
+    return hashlib.sha224
+
+
+_SHA224 = _fast_sha224()
+
+
 def _texts_and_reasons(text_col: pa.Array, max_bytes: int) -> tuple[pa.Array, np.ndarray, dict[int, str]]:
     """Valid texts (a string array, null where invalid), a reason code per row (int8, 0 = valid) and
     a detail string for the few rows that carry one (row index -> detail)."""
@@ -324,7 +339,7 @@ def _sha224_uids(urls: pa.Array) -> pa.Array:
     if n == 0:
         return pa.array([], pa.string())
     raw = urls.view(pa.binary()) if pa.types.is_string(urls.type) else urls.cast(pa.binary())
-    sha = hashlib.sha224
+    sha = _SHA224
     # In slices: 250k live bytes objects at once made CPython map fresh arenas for every unit
     # (page faults were a fifth of this function's time); 8k at a time reuses the same ones.
     digests = b"".join([b"".join([sha(b).digest() for b in raw.slice(i, _SHA_CHUNK).to_pylist()])

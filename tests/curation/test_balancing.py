@@ -109,3 +109,6 @@ def test_sweep_matches_the_per_t_definition_and_uid_array_draw_matches():
     assert B.expected_kept_for_ts(np.array([0]), np.array([], np.int64), counts, ts).tolist() == [0.0] * len(ts)
     uids = [f"u{i}" for i in range(500)] + ["é漢"]
     assert (B.uniform_from_uid_array(9, pa.array(uids)) == B.uniform_from_uids(9, uids)).all()
+    many = [f"uid-{i}" for i in range(20_000)] + ["", "x" * 200]  # slices of 8192, empty, > one block
+    assert B.uniform_from_uid_array(9, pa.chunked_array([pa.array(many[:5]), pa.array(many[5:])])).tolist() == [
+        B.uniform_from_uid(9, u) for u in many]

@@ -41,6 +41,13 @@ def arrow_ids(fm: FastMatcher, texts: list[str | None]) -> dict[str, list[list[i
         "sliced": fm.match_arrow(pa.array(["pad dog", None] + texts + ["hot dog"], pa.string()).slice(2, n)),
     }
     out["no_dedup"] = fm.match_arrow(pa.array(texts, pa.string()), dedup=False)
+    saved = fastmatch.MATCH_BATCH_ROWS
+    fastmatch.MATCH_BATCH_ROWS = 3  # several passes per chunk, results concatenated in order
+    try:
+        out["batched"] = fm.match_arrow(pa.chunked_array(
+            [pa.array(texts[: n // 2], pa.string()), pa.array(texts[n // 2:], pa.string())], pa.string()))
+    finally:
+        fastmatch.MATCH_BATCH_ROWS = saved
     # three copies: the repeated-text path (match distinct texts once, then take) must kick in
     tripled = fm.match_arrow(pa.array(texts * 3, pa.string()))
     assert tripled.to_pylist() == fm.match_arrow(pa.array(texts), dedup=False).to_pylist() * 3

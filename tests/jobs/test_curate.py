@@ -86,6 +86,19 @@ def test_same_seed_same_subset_whatever_the_partitioning(spark, demo, tmp_path):
     assert kept_sets[0] == kept_sets[1] and len(kept_sets[0]) > 100
 
 
+def test_url_uids_are_metaclip_sha224_for_every_kind_of_url():
+    """The batch uid path (built-in SHA-224, numpy hex) equals hashlib's ``sha224(url)[:24]``,
+    including an empty URL, non-ASCII, and URLs longer than one 64-byte SHA block."""
+    import jobs.curate
+
+    urls = ["http://x/y.jpg", "", "http://例え.jp/ü?q=1", "http://h/" + "a" * 55, "http://h/" + "b" * 300]
+    want = [uid_from_url(u) for u in urls]
+    assert jobs.curate._sha224_uids(pa.array(urls, pa.string())).to_pylist() == want
+    assert jobs.curate._sha224_uids(pa.array([u.encode() for u in urls], pa.binary())).to_pylist() == want
+    many = [f"http://h/{i}.jpg" for i in range(20_000)]  # crosses the hashing's slice boundary
+    assert jobs.curate._sha224_uids(pa.array(many)).to_pylist() == [uid_from_url(u) for u in many]
+
+
 def test_bad_captions_become_reject_rows(spark, tmp_path):
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(["dog", "cat", "hot dog"]))
