@@ -63,7 +63,11 @@ COUNT_DDL = "kind tinyint, w1 string, w2 string, c bigint"
 BLOB_SCHEMA = pa.schema([("bucket", pa.int32()), ("blob", pa.binary())])
 BLOB_DDL = "bucket int, blob binary"
 BUILD_VERSION = 2  # bump when a code change alters the outputs for the same inputs
-UNITS_PER_CORE = 4  # each unit re-emits its own distinct keys: fewer, larger units = less merge work
+#: Each unit re-emits its own distinct keys, so the merge work grows with the unit count: at 4 units
+#: per core local[2] did ~8% more Python work than local[1] on the 58 MB benchmark dump (8 vs 4
+#: units), at 2 the same; units are even by bytes, so two per core still end in a short tail, and
+#: big dumps are cut by the 64 MB cap below anyway.
+UNITS_PER_CORE = 2
 REDUCE_INPUT_BYTES = 16 << 20
 BUCKETS_PER_PARTITION = 8
 
@@ -278,7 +282,7 @@ def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
         input_bytes += sum(sizes.values())
         if cfg.unit_mb:
             unit_bytes = int(cfg.unit_mb * (1 << 20))
-        else:  # several units per core (even waves, a short tail), 1..64 MB compressed each
+        else:  # UNITS_PER_CORE units per core (even waves, a short tail), 1..64 MB compressed each
             unit_bytes = int(min(64 << 20, max(1 << 20, sum(sizes.values()) / (UNITS_PER_CORE * parallelism))))
         units = []
         for f in dumps:
