@@ -50,14 +50,14 @@ from jobs.curate import CurateParams, run_match, run_count, run_balance
 master, pool, meta, out, rows_per_unit, warm_pool = sys.argv[1:7]
 spark = get_spark(master, conf={"spark.sql.shuffle.partitions": "8"})
 jvm_pid = spark.sparkContext._gateway.proc.pid
+def params(pool, out):
+    return CurateParams(pool=pool, metadata=meta, out=out, t=20000, seed=0, rows_per_unit=int(rows_per_unit))
 t0 = time.perf_counter()
 if warm_pool != "-":  # session warm-up: the same stages on a small pool, into a throw-away run dir
-    w = CurateParams(pool=warm_pool, metadata=meta, out=out + "-warmup", t=20000, seed=0,
-                     rows_per_unit=int(rows_per_unit))
     for fn in (run_match, run_count, run_balance):
-        fn(spark, w)
+        fn(spark, params(warm_pool, out + "-warmup"))
 warmup = time.perf_counter() - t0
-p = CurateParams(pool=pool, metadata=meta, out=out, t=20000, seed=0, rows_per_unit=int(rows_per_unit))
+p = params(pool, out)
 times = {}
 for name, fn in (("match", run_match), ("count", run_count), ("balance", run_balance)):
     t0 = time.perf_counter(); s = fn(spark, p); times[name] = time.perf_counter() - t0
@@ -125,7 +125,7 @@ units = [u for u in units if u["rows"] == max(x["rows"] for x in units)][:5]
 ctx = {"params": asdict(p), **_ship_metadata_local(p)}
 _match_unit(units[0], ctx)  # first touch of the worker's memory, as in a Spark worker's first task
 t0 = time.perf_counter()
-rows = sum(_match_unit(u, ctx)["in"] for u in units[1:])
+rows = sum(_match_unit(u, ctx)["in"] for u in units[1:] or units)  # one unit: time it again, warm
 unit = rows / (time.perf_counter() - t0)
 print("RESULT " + json.dumps({"bare": bare, "unit": unit, "build": build}))
 """

@@ -31,7 +31,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 #:   a worker's first task 2.2 s instead of 1.3 s (huge pages buy nothing for streaming passes);
 #: * Arrow's default pool (mimalloc in pyarrow's wheels) gave fresh pages back between batches and
 #:   faulted them in again: with glibc's allocator (kept warm by the two thresholds above) a match
-#:   unit ran 14-19% faster, and a worker's first unit 1.4 s instead of 2.1 s.
+#:   unit ran ~5% faster, and a worker's first unit 1.4 s instead of 2.1 s.
 LOCAL_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 PYTHON_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
                      "NUMPY_MADVISE_HUGEPAGE": "0", "ARROW_DEFAULT_MEMORY_POOL": "system"}
