@@ -41,3 +41,57 @@ def wordnet_dir() -> Path:
     if not (d / "data.noun").exists():
         pytest.fail(f"WordNet 3.0 not found at {d}: `apt-get install wordnet-base` (.ci/run does this)")
     return d
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """One real S3 API for the whole test run: moto's server, a subprocess on 127.0.0.1. Every S3
+    test works in a bucket of its own, so the tests share the server but never each other's keys."""
+    import subprocess
+    import tempfile
+    import time
+
+    from jobs.localcluster import free_port
+
+    port = free_port()
+    # its log goes to a file: a pipe nobody reads fills up with one line per request and stalls the server
+    log_file = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log_file, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        import s3fs
+
+        deadline = time.monotonic() + 60
+        while True:  # up once it answers an S3 call, not merely once the port listens
+            try:
+                s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing",
+                                  skip_instance_cache=True).ls("")
+                break
+            except Exception:
+                if proc.poll() is not None:
+                    log_file.seek(0)
+                    raise RuntimeError(f"moto's S3 server exited: {log_file.read().decode()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log_file.close()
+
+
+@pytest.fixture()
+def moto_aws_env(moto_endpoint, monkeypatch):
+    """The standard AWS variables pointing at the moto server (for code that takes no storage options);
+    fsspec's cached S3 filesystems are dropped so they pick the endpoint up."""
+    import s3fs
+
+    env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield env
+    s3fs.S3FileSystem.clear_instance_cache()

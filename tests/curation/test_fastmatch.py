@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import curation.fastmatch as fastmatch
 import curation.hashing as hashing

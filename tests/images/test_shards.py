@@ -76,42 +76,18 @@ def test_interrupted_write_never_leaves_final_name_and_resume(tmp_path):
 
 
 @pytest.mark.slow
-def test_shards_on_s3_api(tmp_path, monkeypatch):
+def test_shards_on_s3_api(moto_aws_env):
     """Same writer on an s3:// prefix (moto server on 127.0.0.1; endpoint via AWS_ENDPOINT_URL)."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
     import fsspec
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for var, val in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(var, val)
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        deadline = time.time() + 30
-        while True:
-            try:
-                fs.mkdir("shards-test")
-                break
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.3)
-        res = write_shards(_samples(12), "s3://shards-test/run/shards", 5)
-        assert res.written == ["000000.tar", "000001.tar", "000002.tar"]
-        res2 = write_shards(_samples(12), "s3://shards-test/run/shards", 5)
-        assert res2.skipped == res.written and not res2.written
-        got = list(read_tar_samples("s3://shards-test/run/shards/000001.tar"))
-        assert [json.loads(g["json"])["uid"] for g in got] == [f"u{i}" for i in range(5, 10)]
-        sizes = json.loads(fs.cat_file("shards-test/run/shards/sizes.json"))
-        assert sizes == {"000000.tar": 5, "000001.tar": 5, "000002.tar": 2}
-        assert not fs.glob("shards-test/run/shards/*.tmp")
-    finally:
-        proc.kill()
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("shards-test")
+    res = write_shards(_samples(12), "s3://shards-test/run/shards", 5)
+    assert res.written == ["000000.tar", "000001.tar", "000002.tar"]
+    res2 = write_shards(_samples(12), "s3://shards-test/run/shards", 5)
+    assert res2.skipped == res.written and not res2.written
+    got = list(read_tar_samples("s3://shards-test/run/shards/000001.tar"))
+    assert [json.loads(g["json"])["uid"] for g in got] == [f"u{i}" for i in range(5, 10)]
+    sizes = json.loads(fs.cat_file("shards-test/run/shards/sizes.json"))
+    assert sizes == {"000000.tar": 5, "000001.tar": 5, "000002.tar": 2}
+    assert not fs.glob("shards-test/run/shards/*.tmp")

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -32,30 +30,21 @@ def _put_parquet(fs, table: pa.Table, path: str) -> None:
 
 
 @pytest.fixture()
-def moto_opts(monkeypatch):
-    """A moto S3 server; the storage options come from a RunConfig, the env has no AWS_* at all."""
+def moto_opts(moto_endpoint, monkeypatch):
+    """The moto S3 server; the storage options come from a RunConfig, the env has no AWS_* at all."""
     from jobs.config import load_config
-    from jobs.localcluster import _wait_port, free_port
 
     for var in [v for v in os.environ if v.startswith("AWS_") or v == "S3_ENDPOINT_URL"]:
         monkeypatch.delenv(var)
-    port = free_port()
     cfg = load_config(None, ["run_dir=s3://imgs3/run", "pool.path=s3://imgs3/pool", "metadata.path=s3://imgs3/m.json",
-                             f"storage.endpoint_url=http://127.0.0.1:{port}",
+                             f"storage.endpoint_url={moto_endpoint}",
                              "storage.key=testing", "storage.secret=testing"])
     opts = cfg.storage.options()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(port, 30)  # the server listens (~1.3 s); then one bucket, through our options
-        import s3fs
+    import s3fs
 
-        fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
-        fs.mkdir("imgs3")
-        yield opts, fs
-    finally:
-        proc.kill()
-        proc.wait()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+    fs.mkdir("imgs3")
+    return opts, fs
 
 
 def test_image_stages_on_s3_with_config_storage_options(moto_opts, http_server, natural, spark, tmp_path):

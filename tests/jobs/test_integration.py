@@ -117,29 +117,13 @@ def test_killed_driver_rerun_gives_same_output(pool, reference, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def moto_s3():
-    from jobs.localcluster import free_port
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+def moto_s3(moto_endpoint):
     import s3fs
 
-    opts = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
-    deadline = time.time() + 30
-    while True:
-        try:
-            fs = s3fs.S3FileSystem(**opts)
-            fs.mkdir("metacurate-test")
-            break
-        except Exception:
-            if time.time() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.3)
-    yield opts, fs
-    proc.kill()
+    opts = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing"}
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+    fs.mkdir("metacurate-test")
+    return opts, fs
 
 
 def test_whole_run_on_s3_paths(spark, pool, reference, moto_s3):

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import socket
-import subprocess
-import time
 
 import pytest
 
@@ -15,45 +11,11 @@ from jobs.report import write_report
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    exe = shutil.which("moto_server")
-    if exe is None:
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    port = _free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto_server did not start")
-                time.sleep(0.1)
-        endpoint = f"http://127.0.0.1:{port}"
-        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_report_and_inspect_on_s3(fixture_run, s3_endpoint):
+def test_report_and_inspect_on_s3(fixture_run, moto_aws_env):
     import s3fs
 
     run, info = fixture_run(n_entries=300, n_texts=2000, t=5, later_stages=True)
-    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, key="testing", secret="testing")
+    fs = s3fs.S3FileSystem(endpoint_url=moto_aws_env["AWS_ENDPOINT_URL"], key="testing", secret="testing")
     fs.mkdir("curation")
     fs.put(str(run), "curation/run1", recursive=True)
     assert fs.exists("curation/run1/count/entry_counts.parquet")

@@ -47,7 +47,7 @@ def test_bad_shards_and_samples_are_skipped_and_counted(tmp_path, make_shards):
     good = [make_shards.make_sample(i, rng) for i in range(6)]
     no_txt = dict(good[0]); del no_txt["txt"]
     bad_jpg = dict(good[1]); bad_jpg["jpg"] = b"\xff\xd8\xff\xe0 this is not a jpeg"
-    mixed = make_shards.write_custom_shard(tmp_path / "000000.tar", [no_txt, bad_jpg] + good[2:])
+    make_shards.write_custom_shard(tmp_path / "000000.tar", [no_txt, bad_jpg] + good[2:])
     whole = make_shards.write_custom_shard(tmp_path / "000001.tar", good * 2)
     data = whole.read_bytes()
     truncated = tmp_path / "000002.tar"

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from jobs.localcluster import free_port
 from training.data import dataset_size, expand_shards
 from training.loop import TrainConfig, train
 
@@ -12,30 +11,17 @@ BUCKET = "metacurate-train"
 
 
 @pytest.fixture(scope="module")
-def s3_env():
-    """moto's threaded S3 server in this process (it keeps serving while DataLoader workers read)."""
+def s3_fs(moto_endpoint):
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    fs = s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"], key="testing", secret="testing")
+    fs = s3fs.S3FileSystem(endpoint_url=moto_endpoint, key="testing", secret="testing", skip_instance_cache=True)
     fs.mkdir(BUCKET)
-    yield fs, env
-    server.stop()
+    return fs
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_train_two_steps_from_s3_shards(s3_env, make_shards, tmp_path, monkeypatch, workers):
-    import fsspec
-
-    fs, env = s3_env
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    fsspec.filesystem("s3").clear_instance_cache()  # pick the endpoint up from the env
+def test_train_two_steps_from_s3_shards(s3_fs, moto_aws_env, make_shards, tmp_path, workers):
+    fs = s3_fs  # the code under test finds the endpoint through the AWS_* env only (moto_aws_env)
     local = tmp_path / "shards"
     make_shards.write_shards(local, n_shards=2, per_shard=16, seed=5)
     prefix = f"{BUCKET}/w{workers}/shards"
