@@ -9,7 +9,8 @@ Prints, in one run, against a ~500k-entry metadata (benchmarks/data.py):
     >= 0.6: Spark overhead is small), and / the rate of the match stage's own unit work (read, uid,
     validate, match, write) run in a plain loop without Spark: the second ratio isolates what Spark
     itself costs. Both bare rates are measured in a subprocess with the Python workers' environment
-    (jobs.spark.PYTHON_WORKER_ENV), so both sides run under the same allocator settings;
+    (jobs.spark.PYTHON_WORKER_ENV), so both sides run under the same allocator settings, and again
+    in every round right before that round's Spark runs (each round's ratio uses its own baseline);
   * where the match stage's time goes (units, the duplicate-uid check);
   * the driver's peak RSS (Python driver and its JVM) at N and 4N rows (target: flat — nothing
     row-sized reaches the driver).
@@ -114,9 +115,10 @@ t0 = time.perf_counter(); m = FastMatcher(entries); build = time.perf_counter() 
 arr = pa.array(bench_captions(n_sample, seed=1000), pa.string())
 m.match_arrow(arr.slice(0, 50_000))
 t0 = time.perf_counter()
-for i in range(0, len(arr), 50_000):
-    m.match_arrow(arr.slice(i, 50_000))
-bare = len(arr) / (time.perf_counter() - t0)
+for _ in range(2):  # two passes: ~1 s of matching, less at the mercy of a momentary stall
+    for i in range(0, len(arr), 50_000):
+        m.match_arrow(arr.slice(i, 50_000))
+bare = 2 * len(arr) / (time.perf_counter() - t0)
 # The match stage's unit work, as a Spark task does it, with the compiled matcher the job ships.
 out = tempfile.mkdtemp(prefix="bench-bare-")
 p = CurateParams(pool=pool, metadata=meta, out=out, rows_per_unit=rows_per_unit)
@@ -172,16 +174,23 @@ def main() -> None:
     print(f"metadata: {len(entries):,} entries; pools: {args.rows:,} and {args.big_rows:,} captions; "
           f"cores: {os.cpu_count()}")
 
-    bare = bare_rates(pool, meta, args.rows_per_unit, min(args.rows, 200_000))
-    print(f"matcher build from {len(entries):,} entries: {bare['build']:.2f}s (once per metadata; "
+    n_sample = min(args.rows, 200_000)
+    first = bare_rates(pool, meta, args.rows_per_unit, n_sample)
+    print(f"matcher build from {len(entries):,} entries: {first['build']:.2f}s (once per metadata; "
           "the compiled file is cached, so the timed runs below load it)")
-    print(f"bare FastMatcher, one core: {bare['bare']:,.0f} captions/s (matching only)")
-    print(f"match-stage unit work without Spark, one core: {bare['unit']:,.0f} rows/s "
-          f"(read + uid + validate + match + write)")
 
+    # Every round measures the two one-core baselines again right before its Spark runs: this
+    # host's speed drifts 15-25% within minutes, so a baseline taken once at the start would pair a
+    # fast spell with a slow one.
     runs: dict[tuple[int, str], list[dict]] = {}
+    bares: dict[int, list[dict]] = {}
     for size, path in ((args.rows, pool), (args.big_rows, big)):
         for rnd in range(args.rounds):
+            b = bare_rates(pool, meta, args.rows_per_unit, n_sample)
+            bares.setdefault(size, []).append(b)
+            print(f"{size:>10,} rows round {rnd + 1} baselines, one core: bare FastMatcher {b['bare']:,.0f} captions/s "
+                  f"(matching only); match-stage unit work without Spark {b['unit']:,.0f} rows/s "
+                  "(read + uid + validate + match + write)")
             for master in ("local[1]", "local[2]"):
                 r = spark_run(master, path, meta, args.rows_per_unit, warm)
                 runs.setdefault((size, master), []).append(r)
@@ -198,10 +207,13 @@ def main() -> None:
               f"{', '.join(f'{x:.2f}x' for x in sm)}; whole job {', '.join(f'{x:.2f}x' for x in sa)}")
         print(f"{size:>10,} rows: scaling local[2]/local[1], mean of rounds: match {np.mean(sm):.2f}x, "
               f"whole job {np.mean(sa):.2f}x (target >= 1.8x)")
-        per_core = float(np.mean([r["rows"] / r["times"]["match"] for r in r1s]))
-        print(f"{size:>10,} rows: Spark per-core match rate (local[1], whole stage incl. the "
-              f"duplicate check) / bare matcher: {per_core / bare['bare']:.2f} (target >= 0.6); "
-              f"/ the same unit work without Spark: {per_core / bare['unit']:.2f}")
+        per_core = [r["rows"] / r["times"]["match"] for r in r1s]
+        vs_bare = [c / b["bare"] for c, b in zip(per_core, bares[size])]
+        vs_unit = [c / b["unit"] for c, b in zip(per_core, bares[size])]
+        print(f"{size:>10,} rows: Spark per-core match rate (local[1], whole stage incl. the duplicate check) "
+              f"/ bare matcher of the same round: {', '.join(f'{x:.2f}' for x in vs_bare)}, mean "
+              f"{np.mean(vs_bare):.2f} (target >= 0.6); / the same unit work without Spark: "
+              f"{', '.join(f'{x:.2f}' for x in vs_unit)}, mean {np.mean(vs_unit):.2f}")
     ra, rb = runs[(args.rows, "local[2]")][-1], runs[(args.big_rows, "local[2]")][-1]
     print(f"driver peak RSS at {args.rows:,} rows: python {ra['py_rss'] / 2**20:,.0f} MiB, "
           f"JVM {ra['jvm_rss'] / 2**20:,.0f} MiB")
