@@ -1,15 +1,13 @@
 """The `metacurate` command line.
 
 Every command lives in its own module under `jobs/commands/` exposing
-``add_arguments(parser)`` and ``run(args) -> int``. The registry below lists all commands the
-project plans; a command whose module does not exist yet is shown as such in ``--help`` and
-refuses to run with a clear message instead of producing fake output.
+``add_arguments(parser)`` (or ``add_arguments_for(name, parser)`` when one module serves several
+commands) and ``run(args) -> int``; the registry below lists them in pipeline order.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 from typing import Sequence
@@ -47,36 +45,26 @@ def _available(module: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    lines = []
-    for name, (module, help_text) in COMMANDS.items():
-        mark = "" if _available(module) else "  [not implemented yet]"
-        lines.append(f"  {name:<11} {help_text}{mark}")
     parser = argparse.ArgumentParser(
         prog="metacurate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "MetaCLIP-style curation on Spark: metadata -> match -> count -> balance -> download\n"
-            "-> dedup -> shard, plus a compact CLIP trainer and evaluator.\n\n"
-            "commands:\n" + "\n".join(lines) + "\n\n"
-            "Run `metacurate COMMAND --help` for a command's options."
+            "-> dedup -> shard, plus a compact CLIP trainer and evaluator."
         ),
+        epilog="Run `metacurate COMMAND --help` for a command's options.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (module, help_text) in COMMANDS.items():
-        if _available(module):
-            mod = importlib.import_module(module)
-            p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-            if hasattr(mod, "add_arguments_for"):
-                mod.add_arguments_for(name, p)
-            else:
-                mod.add_arguments(p)
-            p.set_defaults(_module=module)
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if hasattr(mod, "add_arguments_for"):
+            mod.add_arguments_for(name, p)
         else:
-            p = sub.add_parser(name, help=help_text + " [not implemented yet]", add_help=False)
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(_module=None)
+            mod.add_arguments(p)
+        p.set_defaults(_module=module)
     return parser
 
 
@@ -92,10 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.command:
         parser.print_help()
-        return 2
-    if args._module is None:
-        print(f"metacurate {args.command}: this command is not implemented yet in this version; "
-              f"see `metacurate --help` for the commands that exist.", file=sys.stderr)
         return 2
     mod = importlib.import_module(args._module)
     try:
