@@ -80,6 +80,15 @@ class CurateParams:
         if self.on_bad_file not in ("fail", "skip"):
             raise InputError(f"`on_bad_file` must be 'fail' or 'skip', got {self.on_bad_file!r}")
 
+    def check_inputs(self) -> None:
+        """The match stage's inputs exist: checked before a Spark session starts, so a wrong path
+        fails in a second with the key to fix instead of after the session's start-up."""
+        for what, url in (("pool", self.pool), ("metadata", self.metadata)):
+            if not url:
+                raise InputError(f"no {what} given: set `{what}.path` in the config (or --{what})")
+            if not storage.exists(url, self.storage_options):
+                raise InputError(f"{what} not found: {url} (`{what}.path` in the config, or --{what})")
+
 
 # =========================================================================== helpers
 def _fingerprint(*parts: Any) -> str:

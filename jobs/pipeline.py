@@ -7,7 +7,6 @@ and resumes unit by unit after an interruption.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import time
 
@@ -31,18 +30,12 @@ def curate_params(cfg: RunConfig) -> curate.CurateParams:
         balance_mode=cfg.balance.mode)
 
 
-def images_available() -> bool:
-    return importlib.util.find_spec("jobs.images") is not None
-
-
 def run_stage(spark, cfg: RunConfig, stage: str) -> dict:
     p = curate_params(cfg)
     p.validate()
     if stage in CURATE_STAGES:
         return curate.STAGES[stage](spark, p)
     if stage in IMAGE_STAGES:
-        if not images_available():
-            raise InputError(f"stage `{stage}` is not implemented in this version")
         from jobs import image_stages
 
         return image_stages.run(spark, cfg, p, stage)
@@ -53,12 +46,10 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, spark=None) ->
     from jobs.spark import get_spark
 
     stages = list(stages or cfg.stages)
-    if not images_available():
-        skipped = [s for s in stages if s in IMAGE_STAGES]
-        if skipped:
-            log.warning("image stages %s are not available in this version; running %s", skipped,
-                        [s for s in stages if s not in IMAGE_STAGES])
-        stages = [s for s in stages if s not in IMAGE_STAGES]
+    p = curate_params(cfg)  # checked before the session starts: a config mistake fails in a second
+    p.validate()
+    if "match" in stages:
+        p.check_inputs()
     spark = spark or get_spark(cfg.spark.master, conf=cfg.spark.conf)
     out = {}
     for i, stage in enumerate(stages, 1):

@@ -41,6 +41,7 @@ def run(args) -> int:
                           on_bad_file=args.on_bad_file,
                           check_duplicate_uids=not args.allow_duplicate_uids, storage_options=storage_options_from_env())
     params.validate()
+    params.check_inputs()
     spark = get_spark(args.master)
     summaries = run_curate(spark, params)
     print_summary(summaries)

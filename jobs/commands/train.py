@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 
-from training.model import CONFIGS
+from training.configs import CONFIGS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -71,3 +71,26 @@ def test_readme_config_reference_is_current(repo_root):
     text = (repo_root / "README.md").read_text()
     block = text.split("<!-- config-reference:start -->\n", 1)[1].split("\n<!-- config-reference:end -->", 1)[0]
     assert block == config_reference(), "run `python -m jobs.config --update-readme README.md`"
+
+
+@pytest.mark.parametrize("missing", ["pool", "metadata"])
+def test_missing_inputs_fail_before_a_spark_session_starts(tmp_path, monkeypatch, capsys, missing):
+    import jobs.spark
+
+    def no_spark(*args, **kwargs):
+        raise AssertionError("a Spark session was started before the inputs were checked")
+
+    monkeypatch.setattr(jobs.spark, "get_spark", no_spark)
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "m.json").write_text('["a"]')
+    paths = {"pool": tmp_path / "pool", "metadata": tmp_path / "m.json"}
+    paths[missing] = tmp_path / f"no-{missing}"
+    overrides = [f"run_dir={tmp_path / 'run'}", f"pool.path={paths['pool']}", f"metadata.path={paths['metadata']}"]
+    args = ["run"] + [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{missing} not found: {paths[missing]}" in err and f"`{missing}.path`" in err
+    # the flags-only command checks the same before its session
+    assert main(["curate", "--pool", str(paths["pool"]), "--metadata", str(paths["metadata"]),
+                 "--out", str(tmp_path / "run2")]) == 2
+    assert f"{missing} not found" in capsys.readouterr().err
