@@ -71,19 +71,24 @@ def test_outputs_formats_and_reconciliation(spark, demo, tmp_path):
 
 
 def test_same_seed_same_subset_whatever_the_partitioning(spark, demo, tmp_path):
+    """Files, row groups and work units all differ; the kept uids and the entry counts do not."""
     pool = pa.concat_tables([pq.read_table(os.path.join(demo["pool"], f)) for f in sorted(os.listdir(demo["pool"]))])
-    kept_sets = []
-    for n_files in (1, 7):
+    kept_sets, counts, units = [], [], []
+    for n_files, row_group, rows_per_unit in ((1, 300, 400), (7, 50, 120)):
         d = tmp_path / f"pool{n_files}"
         d.mkdir()
         per = -(-pool.num_rows // n_files)
         for i in range(n_files):
-            pq.write_table(pool.slice(i * per, per), d / f"p{i}.parquet", row_group_size=300)
+            pq.write_table(pool.slice(i * per, per), d / f"p{i}.parquet", row_group_size=row_group)
         run = str(tmp_path / f"run{n_files}")
-        run_curate(spark, CurateParams(pool=str(d), metadata=demo["metadata"], out=run, t=40, seed=5,
-                                       rows_per_unit=400))
+        s = run_curate(spark, CurateParams(pool=str(d), metadata=demo["metadata"], out=run, t=40, seed=5,
+                                           rows_per_unit=rows_per_unit))
+        units.append(s["match"]["units"])
         kept_sets.append(sorted(_read_dir(os.path.join(run, "balance")).column("uid").to_pylist()))
+        counts.append(pq.read_table(os.path.join(run, "count", "entry_counts.parquet")).sort_by("entry_id").to_pydict())
+    assert units[0] < units[1]  # the work really was cut differently
     assert kept_sets[0] == kept_sets[1] and len(kept_sets[0]) > 100
+    assert counts[0] == counts[1]
 
 
 def test_url_uids_are_metaclip_sha224_for_every_kind_of_url():
