@@ -196,8 +196,11 @@ def _run_units(spark, p: CurateParams, stage: str, units: list[dict], task, ctx:
     results = list(done.values())
     if todo:
         log.info("%s: running %d units", stage, len(todo))
+        from jobs.spark import progress
+
         rdd = spark.sparkContext.parallelize(todo, len(todo))
-        results += rdd.mapPartitions(lambda it: [task(u, ctx) for u in it]).collect()
+        with progress(spark.sparkContext, stage):
+            results += rdd.mapPartitions(lambda it: [task(u, ctx) for u in it]).collect()
     wanted = {u["unit"] for u in units}
     return sorted([r for r in results if r["unit"] in wanted], key=lambda r: r["unit"])
 

@@ -513,8 +513,11 @@ def dedup_stage(spark: Any, download_dir: str, evalsets_dir: str, out_dir: str, 
             for row in it:
                 yield json.dumps(dedup_tar(row, evalsets_dir, out_dir, rejects_dir, k, phash_mode, so))
 
+        from jobs.spark import progress
+
         rdd = spark.sparkContext.parallelize(tars, len(tars))
-        stats = [json.loads(s) for s in rdd.mapPartitions(run_part).collect()]
+        with progress(spark.sparkContext, "dedup"):
+            stats = [json.loads(s) for s in rdd.mapPartitions(run_part).collect()]
     tables = [_read_parquet(p, so) for p in storage.glob(f"{out_dir}/_overlap", "*.parquet", so)]
     overlap = pa.concat_tables(tables) if tables else OVERLAP_SCHEMA.empty_table()
     _write_parquet(overlap.sort_by([("uid", "ascending"), ("hamming", "ascending")]), f"{out_dir}/overlap.parquet", so)

@@ -19,3 +19,25 @@ def test_python_workers_get_the_allocator_environment_and_unix_sockets(spark):
     acc = sc.accumulator(0)
     sc.parallelize(range(4), 4).foreach(lambda x: acc.add(len(bc.value)))
     assert acc.value == 40
+
+
+def test_progress_logs_the_block_s_tasks_and_clears_its_job_group(spark, caplog):
+    import logging
+    import re
+    import time
+
+    from jobs.spark import progress, task_counts
+
+    sc = spark.sparkContext
+    with caplog.at_level(logging.INFO, logger="jobs.spark"):
+        with progress(sc, "slowjob", every=0.2) as group:
+            assert sc.parallelize(range(6), 6).map(lambda x: (time.sleep(0.4), x)[1]).collect() == list(range(6))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slowjob:")]
+    assert lines  # 6 tasks of 0.4 s on 2 cores take >= 1.2 s, polled every 0.2 s
+    for line in lines:
+        assert re.fullmatch(r"slowjob: \d/6 tasks \(\d+%\), \d running, 0 failed, \d+s elapsed(, ETA \d+s)?", line), line
+    done = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert done == sorted(done)
+    assert sc.getLocalProperty("spark.jobGroup.id") is None  # later jobs are not counted under it
+    sc.parallelize(range(3), 3).count()
+    assert task_counts(sc, group) == {"total": 6, "done": 6, "running": 0, "failed": 0}
