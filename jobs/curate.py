@@ -213,6 +213,28 @@ def _throttle() -> None:
 
 
 # =========================================================================== planning
+def _is_text_type(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t) or str(t) in ("string_view", "binary_view"))
+
+
+def _plain_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
+    """Dictionary-encoded (e.g. categorical) and view-typed string columns as plain string/binary
+    arrays: the matcher and the Arrow kernels below take those only."""
+    for name in names:
+        if name not in table.column_names:
+            continue
+        col = table.column(name)
+        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        if str(t) in ("string_view", "binary_view"):
+            t = pa.string() if str(t) == "string_view" else pa.binary()
+        if t != col.type:
+            table = table.set_column(table.column_names.index(name), name, col.cast(t))
+    return table
+
+
 def plan_units(p: CurateParams) -> tuple[list[dict], list[dict]]:
     """Work units from the pool's footers (driver reads metadata only). Returns (units, bad_files)."""
     files = storage.list_files(p.pool, ".parquet", p.storage_options)
@@ -243,6 +265,10 @@ def plan_units(p: CurateParams) -> tuple[list[dict], list[dict]]:
         if missing:
             raise InputError(f"pool file {path} lacks column(s) {missing}; it has {schema.names}. "
                              "The pool needs `url` and `text` (and optionally `uid`)")
+        for col in ("url", "text", "uid"):
+            if col in schema.names and not _is_text_type(schema.field(col).type):
+                raise InputError(f"pool file {path}: column `{col}` is {schema.field(col).type}; it must hold "
+                                 "strings (string or binary, plain or dictionary-encoded)")
         rg_start, rows = 0, 0
         for rg in range(md.num_row_groups):
             rows += md.row_group(rg).num_rows
@@ -440,6 +466,7 @@ def _match_unit(unit: dict, ctx: dict) -> dict:
         pf = pq.ParquetFile(f)
         table = pf.read_row_groups(list(range(unit["rg_start"], unit["rg_end"])))
         first_row = sum(pf.metadata.row_group(i).num_rows for i in range(unit["rg_start"]))
+    table = _plain_columns(table, ("url", "text", "uid"))
     n = table.num_rows
     uids, null_url = _uids(table, unit["path"], first_row)
     texts, codes, details = _texts_and_reasons(table.column("text").combine_chunks(), p.max_text_bytes)

@@ -150,6 +150,41 @@ def test_missing_text_column_and_empty_metadata_are_clear_errors(spark, tmp_path
         run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=str(tmp_path / "r2"), t=1))
 
 
+def test_non_string_columns_are_a_clear_error(spark, tmp_path):
+    meta = tmp_path / "m.json"
+    meta.write_text(json.dumps(["dog"]))
+    for col, table in (("text", pa.table({"url": ["http://a"], "text": [1]})),
+                       ("uid", pa.table({"url": ["http://a"], "text": ["dog"], "uid": [7.5]}))):
+        pool = tmp_path / f"pool-{col}"
+        pool.mkdir()
+        pq.write_table(table, pool / "p.parquet")
+        with pytest.raises(InputError, match=rf"p.parquet: column `{col}` is (int64|double); it must hold strings"):
+            run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=str(tmp_path / f"r-{col}"), t=1))
+
+
+def test_dictionary_encoded_columns_match_like_plain_ones(spark, demo, tmp_path):
+    """Categorical url/text/uid columns (pandas categoricals, some writers' dictionary pages read back
+    as Arrow dictionaries) give the same output as plain strings."""
+    plain = pa.concat_tables([pq.read_table(os.path.join(demo["pool"], f)) for f in sorted(os.listdir(demo["pool"]))])
+    plain = plain.append_column("uid", pa.array([f"u{i}" for i in range(plain.num_rows)]))
+    coded = pa.table({c: plain.column(c).dictionary_encode() if c in ("url", "text", "uid") else plain.column(c)
+                      for c in plain.column_names})
+    kept = []
+    for name, table in (("plain", plain), ("coded", coded)):
+        pool = tmp_path / name
+        pool.mkdir()
+        pq.write_table(table, pool / "p.parquet")
+        if name == "coded":
+            assert pa.types.is_dictionary(pq.read_table(pool / "p.parquet").schema.field("text").type)
+        run = str(tmp_path / f"run-{name}")
+        s = run_curate(spark, CurateParams(pool=str(pool), metadata=demo["metadata"], out=run, t=40, seed=5))
+        match = _read_dir(os.path.join(run, "match"))
+        assert match.schema.field("text").type == pa.string() and match.schema.field("uid").type == pa.string()
+        kept.append((s["match"]["out"], s["match"]["rejected"],
+                     sorted(_read_dir(os.path.join(run, "balance")).column("uid").to_pylist())))
+    assert kept[0] == kept[1] and len(kept[0][2]) > 100
+
+
 def test_target_size_solves_smallest_t(spark, demo, tmp_path):
     from curation import balancing as B
 
