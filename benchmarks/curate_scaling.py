@@ -214,6 +214,9 @@ def main() -> None:
               f"/ bare matcher of the same round: {', '.join(f'{x:.2f}' for x in vs_bare)}, mean "
               f"{np.mean(vs_bare):.2f} (target >= 0.6); / the same unit work without Spark: "
               f"{', '.join(f'{x:.2f}' for x in vs_unit)}, mean {np.mean(vs_unit):.2f}")
+        ceiling = [b["unit"] / b["bare"] for b in bares[size]]
+        print(f"{size:>10,} rows: ceiling of the first ratio with zero Spark overhead (unit work / bare matcher, "
+              f"same round): {', '.join(f'{x:.2f}' for x in ceiling)}, mean {np.mean(ceiling):.2f}")
     ra, rb = runs[(args.rows, "local[2]")][-1], runs[(args.big_rows, "local[2]")][-1]
     print(f"driver peak RSS at {args.rows:,} rows: python {ra['py_rss'] / 2**20:,.0f} MiB, "
           f"JVM {ra['jvm_rss'] / 2**20:,.0f} MiB")
