@@ -8,7 +8,9 @@ Prints, in one run, against a ~500k-entry metadata (benchmarks/data.py):
   * the Spark job's per-core match rate / the bare matcher's rate on the same captions (target
     >= 0.6: Spark overhead is small), and / the rate of the match stage's own unit work (read, uid,
     validate, match, write) run in a plain loop without Spark: the second ratio isolates what Spark
-    itself costs. Both bare rates are measured in a subprocess with the Python workers' environment
+    itself costs. The unit work's time by phase (the laps every Spark task records) shows what
+    the first ratio can reach with zero Spark overhead, and the per-core rate is also set against
+    the reference pyahocorasick matcher (DESIGN §3) for context. Both bare rates are measured in a subprocess with the Python workers' environment
     (jobs.spark.PYTHON_WORKER_ENV), so both sides run under the same allocator settings, and again
     in every round right before that round's Spark runs (each round's ratio uses its own baseline);
   * where the match stage's time goes (units, the duplicate-uid check);
@@ -109,10 +111,19 @@ from benchmarks.data import bench_captions
 from curation.fastmatch import FastMatcher
 from curation.matching import load_metadata_json
 from jobs.curate import CurateParams, _match_unit, _ship_metadata_local, plan_units
-pool, meta, rows_per_unit, n_sample = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+pool, meta, rows_per_unit, n_sample, n_reference = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 entries = load_metadata_json(meta)
 t0 = time.perf_counter(); m = FastMatcher(entries); build = time.perf_counter() - t0
-arr = pa.array(bench_captions(n_sample, seed=1000), pa.string())
+captions = bench_captions(n_sample, seed=1000)
+reference = None
+if n_reference:  # the pyahocorasick reference matcher (DESIGN §3), one automaton scan per caption
+    from curation.matching import Matcher
+    ref = Matcher(entries)
+    t0 = time.perf_counter()
+    ref.match_batch(captions[:n_reference])
+    reference = n_reference / (time.perf_counter() - t0)
+    del ref
+arr = pa.array(captions, pa.string())
 m.match_arrow(arr.slice(0, 50_000))
 t0 = time.perf_counter()
 for _ in range(2):  # two passes: ~1 s of matching, less at the mercy of a momentary stall
@@ -127,20 +138,26 @@ units = [u for u in units if u["rows"] == max(x["rows"] for x in units)][:5]
 ctx = {"params": asdict(p), **_ship_metadata_local(p)}
 _match_unit(units[0], ctx)  # first touch of the worker's memory, as in a Spark worker's first task
 t0 = time.perf_counter()
-rows = sum(_match_unit(u, ctx)["in"] for u in units[1:] or units)  # one unit: time it again, warm
-unit = rows / (time.perf_counter() - t0)
-print("RESULT " + json.dumps({"bare": bare, "unit": unit, "build": build}))
+done = [_match_unit(u, ctx) for u in units[1:] or units]  # one unit: time it again, warm
+unit = sum(d["in"] for d in done) / (time.perf_counter() - t0)
+phases = {}  # the unit work's own timing of its phases (the same laps a Spark task records), us per row
+for d in done:
+    for k, v in d["phases"].items():
+        phases[k] = phases.get(k, 0.0) + 1e6 * v / sum(x["in"] for x in done)
+print("RESULT " + json.dumps({"bare": bare, "unit": unit, "build": build, "phases": phases, "reference": reference}))
 """
 
 
-def bare_rates(pool: Path, meta: Path, rows_per_unit: int, n_sample: int) -> dict:
-    """Bare matcher and unit-work rates, one core, in a subprocess with the workers' environment.
+def bare_rates(pool: Path, meta: Path, rows_per_unit: int, n_sample: int, n_reference: int = 0) -> dict:
+    """Bare matcher and unit-work rates, one core, in a subprocess with the workers' environment
+    (and, with ``n_reference``, the reference pyahocorasick matcher's rate on that many captions).
     Also compiles (and caches) the matcher the timed Spark runs will ship."""
     from jobs.spark import PYTHON_WORKER_ENV
 
     env = dict(os.environ, **{k: os.environ.get(k, v) for k, v in PYTHON_WORKER_ENV.items()},
                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", BARE_CHILD, str(pool), str(meta), str(rows_per_unit), str(n_sample)],
+    proc = subprocess.run([sys.executable, "-c", BARE_CHILD, str(pool), str(meta), str(rows_per_unit), str(n_sample),
+                           str(n_reference)],
                           capture_output=True, text=True, env=env, cwd=str(Path(__file__).resolve().parent.parent))
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -175,9 +192,11 @@ def main() -> None:
           f"cores: {os.cpu_count()}")
 
     n_sample = min(args.rows, 200_000)
-    first = bare_rates(pool, meta, args.rows_per_unit, n_sample)
+    first = bare_rates(pool, meta, args.rows_per_unit, n_sample, n_reference=min(n_sample, 20_000))
     print(f"matcher build from {len(entries):,} entries: {first['build']:.2f}s (once per metadata; "
           "the compiled file is cached, so the timed runs below load it)")
+    print(f"reference matcher (pyahocorasick, one automaton scan per caption), one core: "
+          f"{first['reference']:,.0f} captions/s; FastMatcher {first['bare'] / first['reference']:.1f}x faster")
 
     # Every round measures the two one-core baselines again right before its Spark runs: this
     # host's speed drifts 15-25% within minutes, so a baseline taken once at the start would pair a
@@ -191,6 +210,8 @@ def main() -> None:
             print(f"{size:>10,} rows round {rnd + 1} baselines, one core: bare FastMatcher {b['bare']:,.0f} captions/s "
                   f"(matching only); match-stage unit work without Spark {b['unit']:,.0f} rows/s "
                   "(read + uid + validate + match + write)")
+            print(f"{'':>10} unit work by phase, us/row: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(b["phases"].items(), key=lambda kv: -kv[1])))
             for master in ("local[1]", "local[2]"):
                 r = spark_run(master, path, meta, args.rows_per_unit, warm)
                 runs.setdefault((size, master), []).append(r)
@@ -217,6 +238,14 @@ def main() -> None:
         ceiling = [b["unit"] / b["bare"] for b in bares[size]]
         print(f"{size:>10,} rows: ceiling of the first ratio with zero Spark overhead (unit work / bare matcher, "
               f"same round): {', '.join(f'{x:.2f}' for x in ceiling)}, mean {np.mean(ceiling):.2f}")
+        # 0.6 x bare needs the whole row in 1/(0.6 bare) us; matching itself takes phases["match"] of it.
+        budget = [1e6 / (0.6 * b["bare"]) - b["phases"].get("match", 0.0) for b in bares[size]]
+        other = [sum(v for k, v in b["phases"].items() if k not in ("match", "worker_start")) for b in bares[size]]
+        print(f"{size:>10,} rows: for 0.6 even with zero Spark overhead, the unit's work besides matching would have "
+              f"to fit in {', '.join(f'{x:.2f}' for x in budget)} us/row; it takes "
+              f"{', '.join(f'{x:.2f}' for x in other)} us/row (read, uid, validate, assemble, write)")
+        print(f"{size:>10,} rows: Spark per-core match rate / the reference matcher (context: matching alone with "
+              f"pyahocorasick): {np.mean(per_core) / first['reference']:.1f}x")
     ra, rb = runs[(args.rows, "local[2]")][-1], runs[(args.big_rows, "local[2]")][-1]
     print(f"driver peak RSS at {args.rows:,} rows: python {ra['py_rss'] / 2**20:,.0f} MiB, "
           f"JVM {ra['jvm_rss'] / 2**20:,.0f} MiB")

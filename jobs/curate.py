@@ -161,14 +161,53 @@ def _finish_stage(p: CurateParams, stage: str, fingerprint: str, summary: dict) 
     return summary
 
 
+class _PhaseClock:
+    """Task time by phase, from ``perf_counter`` laps (a handful per unit, so it costs nothing).
+
+    Units report it and the stage summary sums it (``task_seconds``): where a stage's time goes
+    (reading, hashing uids, matching, writing, ...) is then visible in ``metacurate inspect`` for
+    any run, not only under a profiler."""
+
+    def __init__(self) -> None:
+        self._t = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._t
+        self._t = now
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in self.seconds.items()}
+
+
+_ARROW_COMPUTE_READY = False
+
+
+def _arrow_compute_ready(clock: _PhaseClock) -> None:
+    """The first Arrow compute call of a process builds Arrow's kernel registry (0.3-0.6 s here).
+    Done once per worker process and timed as ``worker_start``, so it is not charged to whichever
+    phase happens to call Arrow first (on a small run that phase looked like 85% of the work)."""
+    global _ARROW_COMPUTE_READY
+    if not _ARROW_COMPUTE_READY:
+        pc.binary_length(pa.array([""]))
+        _ARROW_COMPUTE_READY = True
+        clock.lap("worker_start")
+
+
 def _merge_summaries(units: list[dict]) -> dict:
     total = {"in": 0, "out": 0, "rejected": {}}
+    phases: dict[str, float] = {}
     for u in units:
         total["in"] += u["in"]
         total["out"] += u["out"]
         for k, v in u["rejected"].items():
             total["rejected"][k] = total["rejected"].get(k, 0) + v
+        for k, v in u.get("phases", {}).items():  # absent in markers of runs before phases existed
+            phases[k] = phases.get(k, 0.0) + v
     total["rejected"] = dict(sorted(total["rejected"].items()))
+    if phases:
+        total["task_seconds"] = {k: round(v, 3) for k, v in sorted(phases.items(), key=lambda kv: -kv[1])}
     return total
 
 
@@ -461,6 +500,8 @@ def _reason_counts(codes: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
 def _match_unit(unit: dict, ctx: dict) -> dict:
     p = CurateParams(**ctx["params"])
     _throttle()
+    clock = _PhaseClock()
+    _arrow_compute_ready(clock)
     fs, path = storage.get_fs(unit["path"], p.storage_options)
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
@@ -468,12 +509,17 @@ def _match_unit(unit: dict, ctx: dict) -> dict:
         first_row = sum(pf.metadata.row_group(i).num_rows for i in range(unit["rg_start"]))
     table = _plain_columns(table, ("url", "text", "uid"))
     n = table.num_rows
+    clock.lap("read")
     uids, null_url = _uids(table, unit["path"], first_row)
+    clock.lap("uid")
     texts, codes, details = _texts_and_reasons(table.column("text").combine_chunks(), p.max_text_bytes)
     codes[(codes == 0) & null_url] = _R["null_url"]
     valid_idx = np.flatnonzero(codes == 0)
     valid_texts = texts.take(pa.array(valid_idx)) if len(valid_idx) < n else texts
-    matched = _executor_matcher(ctx).match_arrow(valid_texts)
+    matcher = _executor_matcher(ctx)
+    clock.lap("validate")
+    matched = matcher.match_arrow(valid_texts)
+    clock.lap("match")
     lengths = pc.list_value_length(matched).to_numpy(zero_copy_only=False)
     codes[valid_idx[lengths == 0]] = _R["no_match"]
     keep_local = lengths > 0
@@ -491,13 +537,16 @@ def _match_unit(unit: dict, ctx: dict) -> dict:
     pos = {int(r): j for j, r in enumerate(rej_rows.tolist())} if details else {}
     rejects = _rejects_table(uids.take(pa.array(rej_rows)), "match", codes[rej_rows], MATCH_REASONS,
                              {pos[i]: d for i, d in details.items()})
+    clock.lap("assemble")
     name = f"part-{unit['unit']:06d}.parquet"
     _write_part(rejects, storage.join(rejects_dir(p, "match"), name), p.storage_options)
     part_url = storage.join(stage_dir(p, "match"), name)
     _write_part(out, part_url, p.storage_options)
     if p.check_duplicate_uids:  # pass 1 of the duplicate check reads these 8 bytes per row
         _write_uid_hashes(out.column("uid").combine_chunks(), _uid_hash_url(part_url), p.storage_options)
-    summary = {"unit": unit["unit"], "in": n, "out": out.num_rows, "rejected": _reason_counts(codes, MATCH_REASONS)}
+    clock.lap("write")
+    summary = {"unit": unit["unit"], "in": n, "out": out.num_rows, "rejected": _reason_counts(codes, MATCH_REASONS),
+               "phases": clock.as_dict()}
     storage.write_json_atomic(_unit_marker(p, "match", unit["unit"]), summary, p.storage_options)
     return summary
 
@@ -894,10 +943,13 @@ def _expected_kept(spark, files: list[str], counts_bc, ts: np.ndarray, storage_o
 def _balance_unit(unit: dict, ctx: dict) -> dict:
     p = CurateParams(**ctx["params"])
     _throttle()
+    clock = _PhaseClock()
+    _arrow_compute_ready(clock)
     prob = ctx["p_bc"].value
     counts = ctx["counts_bc"].value
     table = storage.read_parquet(unit["path"], p.storage_options)
     offsets, flat = _csr(table.column("entry_ids"))
+    clock.lap("read")
     if ctx.get("uniform_p") is not None:  # the random-subset control: entries ignored
         pk = np.full(table.num_rows, ctx["uniform_p"], dtype=np.float64)
     else:
@@ -905,6 +957,7 @@ def _balance_unit(unit: dict, ctx: dict) -> dict:
     uid_col = table.column("uid").combine_chunks()
     u = balancing.uniform_from_uid_array(p.seed, uid_col)
     keep = u < pk
+    clock.lap("draw")
     kept = table.filter(pa.array(keep)).append_column("p_keep", pa.array(pk[keep], pa.float64()))
     drop = np.flatnonzero(~keep)
     drop_arr = pa.array(drop)
@@ -913,13 +966,16 @@ def _balance_unit(unit: dict, ctx: dict) -> dict:
                                          pa.array(u).take(drop_arr).cast(pa.string()), "")
     rejects = _rejects_table(uid_col.take(drop_arr), "balance", np.ones(len(drop), np.int8),
                              ("", "balanced_out"), detail)
+    clock.lap("assemble")
     name = f"part-{unit['unit']:06d}.parquet"
     _write_part(rejects, storage.join(rejects_dir(p, "balance"), name), p.storage_options)
     _write_part(kept, storage.join(stage_dir(p, "balance"), name), p.storage_options)
+    clock.lap("write")
     sweep = balancing.expected_kept_for_ts(offsets, flat, counts, ctx["ts"]).tolist()
+    clock.lap("t_sweep")
     summary = {"unit": unit["unit"], "in": table.num_rows, "out": kept.num_rows,
                "rejected": {"balanced_out": int(len(drop))} if len(drop) else {},
-               "expected_kept": float(pk.sum()), "sweep": sweep}
+               "expected_kept": float(pk.sum()), "sweep": sweep, "phases": clock.as_dict()}
     storage.write_json_atomic(_unit_marker(p, "balance", unit["unit"]), summary, p.storage_options)
     return summary
 
@@ -956,7 +1012,9 @@ def run_balance(spark, p: CurateParams) -> dict:
     ts = sorted(set(np.unique(np.geomspace(1, max(max_count, 2), p.sweep_points).round()).tolist()) | {float(t)})
     units = [{"unit": i, "path": f} for i, f in enumerate(files)]
     ctx = {"params": asdict(p), "p_bc": p_bc, "counts_bc": counts_bc, "ts": ts, "uniform_p": uniform_p}
+    t0 = time.perf_counter()
     results = _run_units(spark, p, "balance", units, _balance_unit, ctx)
+    seconds = {"units": round(time.perf_counter() - t0, 3)}
     total = _merge_summaries(results)
     sweep = np.sum([r["sweep"] for r in results], axis=0) if results else np.zeros(len(ts))
     storage.write_json_atomic(storage.join(stage_dir(p, "balance"), "t_sweep.json"),
@@ -971,7 +1029,8 @@ def run_balance(spark, p: CurateParams) -> dict:
                "pool": match_summary["in"], "matched": total["in"],
                "expected_kept": float(sum(r["expected_kept"] for r in results)),
                "kept": total["out"],
-               "head_entries": int((counts > t).sum()), "tail_entries": int((matched & (counts <= t)).sum())}
+               "head_entries": int((counts > t).sum()), "tail_entries": int((matched & (counts <= t)).sum()),
+               "seconds": seconds}
     return _finish_stage(p, "balance", fingerprint, summary)
 
 

@@ -1,10 +1,11 @@
 """Terminal summary of a run directory (plain text, fits 100 columns).
 
 Shows which stages are done (_SUCCESS), in / out / rejected per stage and whether they reconcile,
-rejected rows by reason, the balance figures (t, seed, pool, matched, expected and actual kept),
-head / tail split, tail coverage, the per-source breakdown and the top-20 head entries with
-count -> kept. Works on partial runs: the distribution part appears once count and balance are
-done. RUN may be a local path or an s3:// URL.
+rejected rows by reason, where the match and balance stages spent their time (wall seconds, and
+task time by phase: read, uid, validate, match, write, ...), the balance figures (t, seed, pool,
+matched, expected and actual kept), head / tail split, tail coverage, the per-source breakdown and
+the top-20 head entries with count -> kept. Works on partial runs: the distribution part appears
+once count and balance are done. RUN may be a local path or an s3:// URL.
 """
 from __future__ import annotations
 
@@ -68,6 +69,33 @@ def _stage_lines(stages: list[StageInfo]) -> list[str]:
     return lines
 
 
+def _time_lines(stages: list[StageInfo]) -> list[str]:
+    """Where each Spark stage's time went: wall seconds of its parts, and its work units' task time
+    by phase (summed over tasks, so on N cores it is up to N times the wall time)."""
+    lines = []
+    for s in stages:
+        sm = s.summary or {}
+        wall, tasks = sm.get("seconds"), sm.get("task_seconds")
+        if not isinstance(wall, dict) and not isinstance(tasks, dict):
+            continue
+        parts = [f"{k.replace('_', ' ')} {float(v):,.1f}s" for k, v in (wall or {}).items()
+                 if isinstance(v, (int, float))]
+        line = f"  {_cut(s.name, 11):<12}wall: {', '.join(parts) or '-'}"
+        if isinstance(tasks, dict) and tasks:
+            total = sum(float(v) for v in tasks.values())
+            rows = sm.get("in")
+            per_row = (f", {1e6 * total / rows:,.3g} us/row" if isinstance(rows, int) and rows > 0 else "")
+            lines.append(line)
+            by_share = sorted(tasks.items(), key=lambda kv: -float(kv[1]))
+            shares = [f"{k.replace('_', ' ')} {100 * float(v) / total:.0f}%" for k, v in by_share] if total else []
+            lines += _wrap([f"task time {total:,.1f}s{per_row}:"] + shares, indent=" " * 14)
+        else:
+            lines.append(line)
+    if lines:
+        lines = ["", "TIME (wall seconds; task time of the work units by phase, summed over tasks)"] + lines
+    return lines
+
+
 def format_inspect(run: str, top: int = 20, storage_options: dict | None = None) -> str:
     """The whole terminal summary as one string (tested directly)."""
     opts = storage.storage_options_from_env(storage_options)
@@ -75,6 +103,7 @@ def format_inspect(run: str, top: int = 20, storage_options: dict | None = None)
     stages = read_stages(run, opts)
     out = [f"RUN {run}", "=" * min(WIDTH, max(20, len(run) + 4)), ""]
     out += _stage_lines(stages)
+    out += _time_lines(stages)
     needed = [COUNTS_FILE, KEPT_FILE, BALANCE_SUMMARY_FILE]
     missing = [f for f in needed if not storage.exists(storage.join(run, f), opts)]
     if missing:
@@ -125,12 +154,12 @@ def format_inspect(run: str, top: int = 20, storage_options: dict | None = None)
     return "\n".join(out) + "\n"
 
 
-def _wrap(items: list[str]) -> list[str]:
-    lines, cur = [], "  "
+def _wrap(items: list[str], indent: str = "  ") -> list[str]:
+    lines, cur = [], indent
     for it in items:
         if len(cur) + len(it) + 3 > WIDTH and cur.strip():
             lines.append(cur.rstrip())
-            cur = "  "
+            cur = indent
         cur += it + "   "
     if cur.strip():
         lines.append(cur.rstrip())

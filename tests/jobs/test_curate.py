@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -11,6 +12,7 @@ import pytest
 from curation.balancing import uid_from_url
 from curation.errors import InputError
 from curation.matching import Matcher
+from jobs.commands.inspect import format_inspect
 from jobs.curate import CurateParams, run_curate
 from jobs.demo import make_demo_pool
 
@@ -68,6 +70,22 @@ def test_outputs_formats_and_reconciliation(spark, demo, tmp_path):
     assert sweep["chosen_t"] == 50 and sweep["expected_kept"] == sorted(sweep["expected_kept"])
     kept_counts = pq.read_table(os.path.join(run, "balance", "kept_counts.parquet"))
     assert kept_counts.column("kept").to_numpy().sum() == sum(len(x) for x in kept.column("entry_ids").to_pylist())
+    # Where the time went: every unit times its phases; the stage sums them; inspect shows both.
+    for name, phases in (("match", {"read", "uid", "validate", "match", "assemble", "write"}),
+                         ("balance", {"read", "draw", "assemble", "write", "t_sweep"})):
+        stage = json.load(open(os.path.join(run, name, "summary.json")))
+        markers = [json.load(open(f)) for f in glob.glob(os.path.join(run, name, "_units", "*.json"))]
+        assert markers and all(phases <= set(m["phases"]) <= phases | {"worker_start"} for m in markers)
+        total: dict = {}
+        for m in markers:
+            for k, v in m["phases"].items():
+                total[k] = total.get(k, 0.0) + v
+        assert stage["task_seconds"] == pytest.approx(total, abs=1e-3 * len(markers))
+        assert stage["seconds"]["units"] > 0 and all(v >= 0 for v in total.values())
+    text = format_inspect(run)
+    assert re.search(r"^  match\s+wall: .*units \d+\.\ds", text, re.M)
+    assert re.search(r"^  balance\s+wall: units \d+\.\ds", text, re.M)
+    assert re.search(r"^\s+task time \d+\.\ds, [\d.,]+ us/row:", text, re.M) and re.search(r"\bwrite \d+%", text)
 
 
 def test_same_seed_same_subset_whatever_the_partitioning(spark, demo, tmp_path):
