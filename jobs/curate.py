@@ -614,15 +614,23 @@ def _part_uid_hashes(path: str, storage_options: dict) -> tuple[int, pa.Array, n
     return unit_id, uid, string_hash64(uid)
 
 
+def _hash_range_starts(n_buckets: int) -> np.ndarray:
+    """Lowest hash of each of ``n_buckets`` equal ranges of the 64-bit hash space (bucket b holds
+    ``starts[b] <= h < starts[b + 1]``)."""
+    return np.array([-(-(b << 64) // n_buckets) for b in range(n_buckets)], dtype=np.uint64)
+
+
 def _hash_buckets(path: str, n_buckets: int, storage_options: dict) -> list[tuple[int, np.ndarray]]:
-    """Pass 1 of the duplicate check: one part's uid hashes split by bucket (8 bytes per row)."""
+    """Pass 1 of the duplicate check: one part's uid hashes split by bucket (8 bytes per row).
+
+    Buckets are ranges of the hash space, so a part's sorted hashes split into contiguous, still
+    sorted runs with one ``searchsorted`` (a modulo bucket needed an argsort per part: ~0.4 s of
+    the 4M-row check on one core)."""
     h = _sorted_uid_hashes(path, storage_options)
     if h.size == 0:
         return []
-    bucket = (h % np.uint64(n_buckets)).astype(np.int64)
-    order = np.argsort(bucket, kind="stable")
-    cuts = np.flatnonzero(np.diff(bucket[order])) + 1
-    return [(int(bucket[rows[0]]), h[rows]) for rows in np.split(order, cuts)]
+    cuts = np.searchsorted(h, _hash_range_starts(n_buckets), side="left").tolist() + [len(h)]
+    return [(b, h[cuts[b]:cuts[b + 1]]) for b in range(n_buckets) if cuts[b + 1] > cuts[b]]
 
 
 def _repeated_hashes(arrays) -> list[np.ndarray]:

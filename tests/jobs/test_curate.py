@@ -340,3 +340,29 @@ def test_duplicate_check_reads_uid_hash_side_files_or_falls_back(spark, tmp_path
     assert jobs.curate._remove_duplicate_uids(spark, CurateParams(**{**params.__dict__, "out": r2}), 60) == 30
     kept = lambda r: sorted(_read_dir(os.path.join(r, "match")).column("text").to_pylist())  # noqa: E731
     assert kept(run) == kept(r2) == sorted(f"dog {i}" for i in range(30))
+
+
+def test_pass_one_buckets_are_sorted_runs_of_hash_ranges(tmp_path):
+    """Pass 1 splits a part's sorted uid hashes into ranges of the hash space: every hash lands in
+    bucket floor(h * n / 2**64), runs stay sorted, nothing is lost or repeated, and equal hashes
+    (a repeated uid) share a bucket."""
+    import io
+
+    from jobs.curate import _hash_buckets, _uid_hash_url
+
+    rng = np.random.default_rng(3)
+    h = np.sort(np.concatenate([rng.integers(0, 2**64, 5000, dtype=np.uint64, endpoint=False),
+                                np.array([0, 0, 2**63, 2**63, 2**64 - 1], dtype=np.uint64)]))
+    part = tmp_path / "match" / "part-000007.parquet"
+    side = _uid_hash_url(str(part))
+    os.makedirs(os.path.dirname(side))
+    buf = io.BytesIO()
+    np.save(buf, h, allow_pickle=False)
+    open(side, "wb").write(buf.getvalue())
+    for n in (1, 3, 4, 64):
+        buckets = _hash_buckets(str(part), n, {})
+        assert [b for b, _ in buckets] == sorted({b for b, _ in buckets})
+        assert np.concatenate([run for _, run in buckets]).tolist() == h.tolist()
+        for b, run in buckets:
+            assert run.size and all((int(x) * n) >> 64 == b for x in run.tolist())
+            assert np.all(run[1:] >= run[:-1])
