@@ -10,11 +10,11 @@ Prints, in one run, against a ~500k-entry metadata (benchmarks/data.py):
     validate, match, write) run in a plain loop without Spark: the second ratio isolates what Spark
     itself costs. The unit work's time by phase (the laps every Spark task records) shows what
     the first ratio can reach with zero Spark overhead, and the per-core rate is also set against
-    the reference pyahocorasick matcher (DESIGN §3) for context. Both bare rates are measured in a subprocess with the Python workers' environment
-    (jobs.spark.PYTHON_WORKER_ENV), so both sides run under the same allocator settings, with the
-    compiled, memory-mapped matcher the Spark tasks use (the bare rate is the best of three passes),
-    and again in every round right before that round's Spark runs (each round's ratio uses its own
-    baseline);
+    the reference pyahocorasick matcher (DESIGN §3) for context. Both bare rates are measured in a
+    subprocess with the Python workers' environment (jobs.spark.PYTHON_WORKER_ENV), so both sides
+    run under the same allocator settings, with the compiled, memory-mapped matcher the Spark tasks
+    use (the bare rate is the best of three passes), and again in every round right before that
+    round's Spark runs (each round's ratio uses its own baseline);
   * where the match stage's time goes (units, the duplicate-uid check);
   * the driver's peak RSS (Python driver and its JVM) at N and 4N rows (target: flat — nothing
     row-sized reaches the driver).
@@ -144,11 +144,12 @@ units = [u for u in units if u["rows"] == max(x["rows"] for x in units)][:5]
 _match_unit(units[0], ctx)  # first touch of the worker's memory, as in a Spark worker's first task
 t0 = time.perf_counter()
 done = [_match_unit(u, ctx) for u in units[1:] or units]  # one unit: time it again, warm
-unit = sum(d["in"] for d in done) / (time.perf_counter() - t0)
+rows = sum(d["in"] for d in done)
+unit = rows / (time.perf_counter() - t0)
 phases = {}  # the unit work's own timing of its phases (the same laps a Spark task records), us per row
 for d in done:
     for k, v in d["phases"].items():
-        phases[k] = phases.get(k, 0.0) + 1e6 * v / sum(x["in"] for x in done)
+        phases[k] = phases.get(k, 0.0) + 1e6 * v / rows
 print("RESULT " + json.dumps({"bare": bare, "unit": unit, "build": build, "phases": phases, "reference": reference}))
 """
 

@@ -207,7 +207,7 @@ def _merge_summaries(units: list[dict]) -> dict:
             phases[k] = phases.get(k, 0.0) + v
     total["rejected"] = dict(sorted(total["rejected"].items()))
     if phases:
-        total["task_seconds"] = {k: round(v, 3) for k, v in sorted(phases.items(), key=lambda kv: -kv[1])}
+        total["task_seconds"] = {k: round(v, 3) for k, v in phases.items()}  # JSON sorts the keys anyway
     return total
 
 

@@ -80,17 +80,14 @@ def _time_lines(stages: list[StageInfo]) -> list[str]:
             continue
         parts = [f"{k.replace('_', ' ')} {float(v):,.1f}s" for k, v in (wall or {}).items()
                  if isinstance(v, (int, float))]
-        line = f"  {_cut(s.name, 11):<12}wall: {', '.join(parts) or '-'}"
+        lines.append(f"  {_cut(s.name, 11):<12}wall: {', '.join(parts) or '-'}")
         if isinstance(tasks, dict) and tasks:
             total = sum(float(v) for v in tasks.values())
             rows = sm.get("in")
             per_row = (f", {1e6 * total / rows:,.3g} us/row" if isinstance(rows, int) and rows > 0 else "")
-            lines.append(line)
             by_share = sorted(tasks.items(), key=lambda kv: -float(kv[1]))
             shares = [f"{k.replace('_', ' ')} {100 * float(v) / total:.0f}%" for k, v in by_share] if total else []
             lines += _wrap([f"task time {total:,.1f}s{per_row}:"] + shares, indent=" " * 14)
-        else:
-            lines.append(line)
     if lines:
         lines = ["", "TIME (wall seconds; task time of the work units by phase, summed over tasks)"] + lines
     return lines
