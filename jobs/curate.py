@@ -429,6 +429,16 @@ def _sha224_uids(urls: pa.Array) -> pa.Array:
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(hexed))
 
 
+def _pool_relative(path: str, p: CurateParams) -> str:
+    """A pool file's path relative to the pool (its name when the pool is one file): what
+    position-based uids hash, so they do not change when the pool is moved or mounted elsewhere."""
+    root = storage.get_fs(p.pool, p.storage_options)[1].rstrip("/")
+    fpath = storage.get_fs(path, p.storage_options)[1]
+    if fpath.startswith(root + "/"):
+        return fpath[len(root) + 1:]
+    return fpath.rsplit("/", 1)[-1]
+
+
 def _uids(table: pa.Table, file_path: str, first_row: int) -> tuple[pa.Array, np.ndarray]:
     """The uid of every row (given ``uid`` column, else ``sha224(url)[:24]``, else a position-based id)
     and a mask of rows without a URL."""
@@ -510,7 +520,7 @@ def _match_unit(unit: dict, ctx: dict) -> dict:
     table = _plain_columns(table, ("url", "text", "uid"))
     n = table.num_rows
     clock.lap("read")
-    uids, null_url = _uids(table, unit["path"], first_row)
+    uids, null_url = _uids(table, _pool_relative(unit["path"], p), first_row)
     clock.lap("uid")
     texts, codes, details = _texts_and_reasons(table.column("text").combine_chunks(), p.max_text_bytes)
     codes[(codes == 0) & null_url] = _R["null_url"]
