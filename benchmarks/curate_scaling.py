@@ -10,7 +10,7 @@ Prints, in one run, against a ~500k-entry metadata (benchmarks/data.py):
     validate, match, write) run in a plain loop without Spark: the second ratio isolates what Spark
     itself costs. The unit work's time by phase (the laps every Spark task records) shows what
     the first ratio can reach with zero Spark overhead, and the per-core rate is also set against
-    the reference pyahocorasick matcher (DESIGN §3) for context. Both bare rates are measured in a
+    the reference pyahocorasick matcher for context. Both bare rates are measured in a
     subprocess with the Python workers' environment (jobs.spark.PYTHON_WORKER_ENV), so both sides
     run under the same allocator settings, with the compiled, memory-mapped matcher the Spark tasks
     use (the bare rate is the best of three passes), and again in every round right before that
@@ -46,32 +46,36 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.data import CACHE_DIR, bench_captions, bench_metadata  # noqa: E402
-from jobs.curate import CurateParams  # noqa: E402
+from jobs.stages.match import PoolConfig  # noqa: E402
 
 CHILD = r"""
 import json, os, resource, sys, time
 from jobs.spark import get_spark
-from jobs.curate import CurateParams, run_match, run_count, run_balance
+from jobs.config import load_config
+from jobs.stages import balance, count, match, metadata, run_stages
 master, pool, meta, out, rows_per_unit, warm_pool = sys.argv[1:7]
 spark = get_spark(master, conf={"spark.sql.shuffle.partitions": "8"})
 jvm_pid = spark.sparkContext._gateway.proc.pid
-def params(pool, out):
-    return CurateParams(pool=pool, metadata=meta, out=out, t=20000, seed=0, rows_per_unit=int(rows_per_unit))
+TIMED = [match.STAGE.name, count.STAGE.name, balance.STAGE.name]
+def config(pool, out):
+    return load_config(None, values={"pool.path": pool, "metadata.path": meta, "run_dir": out, "balance.t": 20000,
+                                     "balance.seed": 0, "pool.rows_per_unit": int(rows_per_unit)})
 t0 = time.perf_counter()
 if warm_pool != "-":  # session warm-up: the same stages on a small pool, into a throw-away run dir
-    for fn in (run_match, run_count, run_balance):
-        fn(spark, params(warm_pool, out + "-warmup"))
+    run_stages(config(warm_pool, out + "-warmup"), [metadata.STAGE.name] + TIMED, spark=spark)
 warmup = time.perf_counter() - t0
-p = params(pool, out)
+cfg = config(pool, out)
+run_stages(cfg, [metadata.STAGE.name], spark=spark)  # the entry list: not timed
 times = {}
-for name, fn in (("match", run_match), ("count", run_count), ("balance", run_balance)):
-    t0 = time.perf_counter(); s = fn(spark, p); times[name] = time.perf_counter() - t0
+for name in TIMED:
+    t0 = time.perf_counter(); s = run_stages(cfg, [name], spark=spark, add_upstream=False)[name]
+    times[name] = time.perf_counter() - t0
 hwm = 0
 with open(f"/proc/{jvm_pid}/status") as f:
     for line in f:
         if line.startswith("VmHWM"):
             hwm = int(line.split()[1]) * 1024
-m = json.load(open(os.path.join(out, "match", "summary.json")))
+m = json.load(open(os.path.join(out, match.STAGE.dir_name(), "_summary.json")))
 print("RESULT " + json.dumps({"times": times, "rows": s["pool"], "match_seconds": m.get("seconds", {}), "warmup": warmup,
       "py_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "jvm_rss": hwm}))
 """
@@ -112,22 +116,25 @@ import pyarrow as pa
 from benchmarks.data import bench_captions
 from curation.fastmatch import FastMatcher
 from curation.matching import load_metadata_json
-from jobs.curate import CurateParams, _executor_matcher, _match_unit, _ship_metadata_local, plan_units
+from curation.storage import Storage
+from jobs.stages.match import PoolConfig, _executor_matcher, _match_unit, compile_matcher, plan_units
 pool, meta, rows_per_unit, n_sample, n_reference = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 captions = bench_captions(n_sample, seed=1000)
 build = reference = None
 if n_reference:  # first call only: the matcher's cold build, and the reference matcher for context
     entries = load_metadata_json(meta)
     t0 = time.perf_counter(); FastMatcher(entries); build = time.perf_counter() - t0
-    from curation.matching import Matcher  # pyahocorasick (DESIGN §3), one automaton scan per caption
+    from curation.matching import Matcher  # pyahocorasick, one automaton scan per caption
     ref = Matcher(entries)
     t0 = time.perf_counter()
     ref.match_batch(captions[:n_reference])
     reference = n_reference / (time.perf_counter() - t0)
     del ref, entries
 out = tempfile.mkdtemp(prefix="bench-bare-")
-p = CurateParams(pool=pool, metadata=meta, out=out, rows_per_unit=rows_per_unit)
-ctx = {"params": asdict(p), **_ship_metadata_local(p)}  # compiles and caches the file the Spark runs ship
+p = PoolConfig(path=pool, rows_per_unit=rows_per_unit)
+storage = Storage()
+ctx = {"settings": asdict(p), "pool_root": storage.fs(pool)[1].rstrip("/"), "storage": storage, "out": out,
+       "rejects": out + "/rejects", **compile_matcher(load_metadata_json(meta))}  # the file the Spark runs ship
 m = _executor_matcher(ctx)  # the compiled, memory-mapped matcher every Spark task uses
 arr = pa.array(captions, pa.string())
 m.match_arrow(arr.slice(0, 50_000))
@@ -139,7 +146,7 @@ for _ in range(3):  # best of three passes (~0.5 s each): the baseline must not 
     best = min(best, time.perf_counter() - t0)
 bare = len(arr) / best
 # The match stage's unit work, as a Spark task does it, with the same matcher.
-units, _ = plan_units(p)
+units, _ = plan_units(p, storage)
 units = [u for u in units if u["rows"] == max(x["rows"] for x in units)][:5]
 _match_unit(units[0], ctx)  # first touch of the worker's memory, as in a Spark worker's first task
 t0 = time.perf_counter()
@@ -180,7 +187,7 @@ def main() -> None:
     ap.add_argument("--no-warmup", action="store_true",
                     help="time each master's first jobs cold (JVM JIT, Python worker start, imports, the matcher's "
                          "first page faults included in the match stage)")
-    ap.add_argument("--rows-per-unit", type=int, default=CurateParams.rows_per_unit,
+    ap.add_argument("--rows-per-unit", type=int, default=PoolConfig.rows_per_unit,
                     help="rows per Spark task (default: the job's own default); Spark costs ~70 ms per task here")
     args = ap.parse_args()
     entries = bench_metadata(args.entries)

@@ -195,16 +195,15 @@ def cpu_split() -> dict[str, float]:
 
 def worker(master: str, dump: str, unit_mb: float | None) -> None:
     """One measurement in a fresh process; prints one JSON line."""
-    from jobs.metadata_job import (
-        BuildConfig,
-        unigram_and_bigram_candidates,
-        wiki_counts,
-    )
+    from curation.storage import Storage
+    from jobs.stages.metadata import MetadataConfig
     from jobs.spark import get_spark
+    from jobs.wikicount import unigram_and_bigram_candidates, wiki_counts
     from metadata.synthetic import SynthPage, synthetic_article, write_dump
 
     spark = get_spark(master, "metacurate-bench")
-    cfg = BuildConfig(unit_mb=unit_mb, bigram_min_pmi=10.0, bigram_min_count=5)
+    cfg = MetadataConfig(unit_mb=unit_mb, bigram_min_pmi=10.0, bigram_min_count=5)
+    storage = Storage()
     # Warm-up: the same job on a tiny dump, so the fixed costs (JVM JIT compiling the Arrow,
     # shuffle and cache paths; Python worker start and imports) are measured apart from the per-MB
     # work. Without it the JIT's compiler threads (several CPU-seconds) run on the second core
@@ -216,7 +215,8 @@ def worker(master: str, dump: str, unit_mb: float | None) -> None:
         words = ["".join(rng.choice("abcdefghijklmnop") for _ in range(rng.randint(2, 9))) for _ in range(2000)]
         write_dump(tiny, [SynthPage(f"P{i}", synthetic_article(rng, words, 20)) for i in range(400)],
                    pages_per_stream=20)
-        warm, _ = wiki_counts(spark, tiny, BuildConfig(unit_mb=0.01, bigram_min_pmi=1.0, bigram_min_count=2))
+        warm, _ = wiki_counts(spark, tiny, MetadataConfig(unit_mb=0.01, bigram_min_pmi=1.0, bigram_min_count=2),
+                              storage)
         warm.count()
         for df in unigram_and_bigram_candidates(warm, cfg)[:2]:
             df.count()
@@ -224,7 +224,7 @@ def worker(master: str, dump: str, unit_mb: float | None) -> None:
     t_warm = time.perf_counter() - t_warm
     cpu0 = cpu_split()
     t0 = time.perf_counter()
-    summed, info = wiki_counts(spark, dump, cfg)
+    summed, info = wiki_counts(spark, dump, cfg, storage)
     t_plan = time.perf_counter() - t0
     n_keys = summed.count()  # materialises the counting (parse + tokenise + shuffle + sum + cache)
     t_count = time.perf_counter() - t0

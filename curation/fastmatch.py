@@ -1,4 +1,4 @@
-"""Fast batch matcher with exactly the ids of ``curation.matching.Matcher`` (DESIGN §3).
+"""Fast batch matcher with exactly the ids of ``curation.matching.Matcher`` (ARCHITECTURE.md, "Matching").
 
 Why it is exact: the normalised text ``N = normalize(t)`` starts and ends with a space, so
 ``N.split(" ")`` is ``[""] + T + [""]`` where ``T`` is the list of *interior tokens*. An occurrence
@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 
 _ROW_SEP = 0xFF  # never a byte of UTF-8 (nor of "surrogatepass" encodings)
 _DEDUP_BELOW = 0.9  # match distinct texts only when at least 10% of a batch are repeats
-#: Rows matched per pass. The temporaries take tens of bytes per text byte: a 250k-row pass over
-#: web captions peaked ~220 MB higher (RSS 545 vs 326 MB) and faulted those fresh pages in every
-#: new worker process, for no gain in speed per row.
+#: Rows matched per pass. The temporaries take tens of bytes per text byte, so a bigger pass only
+#: raises a worker's peak memory (and faults the fresh pages in again in every new worker) without
+#: making a row any cheaper.
 MATCH_BATCH_ROWS = 50_000
 _U64 = np.uint64
 

@@ -1,4 +1,4 @@
-"""MetaCLIP parity substring matching (DESIGN §3).
+"""MetaCLIP parity substring matching (ARCHITECTURE.md, "Matching").
 
 A text matches entry ``e`` when ``" " + e + " "`` is a substring of ``normalize(text)``. The
 normalisation pads the text with one space each side, wraps each of ``, . ; : ? ! ` `` in spaces
@@ -118,13 +118,12 @@ def get_matcher(entries: Sequence[str], fingerprint: str | None = None) -> Match
     return m
 
 
-def load_metadata_json(path: str, storage_options: dict | None = None) -> list[str]:
+def load_metadata_json(path: str, storage: "Storage | None" = None) -> list[str]:
     """Read and validate a MetaCLIP-format ``metadata.json`` (a JSON list of non-empty strings)."""
-    import fsspec
+    from curation.storage import Storage
 
     try:
-        with fsspec.open(path, "rb", **(storage_options or {})) as f:
-            raw = f.read()
+        raw = (storage or Storage.from_env()).read_bytes(path)
     except FileNotFoundError as exc:
         raise InputError(f"metadata file not found: {path}") from exc
     try:

@@ -21,9 +21,10 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from curation.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _MAX_KEY = 120
 
 
-def _url_to_fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec filesystem + path; ``storage_options`` (endpoint, key, secret) apply to remote URLs."""
-    remote = "://" in url and not url.startswith("file://")
-    return fsspec.core.url_to_fs(url, **((storage_options or {}) if remote else {}))
+def _url_to_fs(url: str, storage: Storage | None):
+    return (storage or Storage.from_env()).fs(url)
 
 
 def sanitize_key(key: str) -> str:
@@ -68,7 +67,7 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_one_shard(fs: fsspec.AbstractFileSystem, out_path: str, index: int,
+def _write_one_shard(fs, out_path: str, index: int,
                      samples: list[dict[str, Any]]) -> None:
     """Write shard ``index`` atomically: manifest part, then ``.tar.tmp`` renamed to the final name."""
     name = shard_name(index)
@@ -115,7 +114,7 @@ def _chunks(it: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, 
 
 
 def write_shards(samples: Iterable[dict[str, Any]], out_dir: str, samples_per_shard: int,
-                 start_shard: int = 0, storage_options: dict | None = None) -> ShardResult:
+                 start_shard: int = 0, storage: Storage | None = None) -> ShardResult:
     """Write samples to ``out_dir/{000000..N}.tar`` + ``sizes.json`` + ``manifest.parquet``.
 
     Shards whose final tar exists are skipped (their samples are consumed, not re-encoded);
@@ -123,7 +122,7 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str, samples_per_sh
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-    fs, out_path = _url_to_fs(out_dir, storage_options)
+    fs, out_path = _url_to_fs(out_dir, storage)
     fs.makedirs(out_path, exist_ok=True)
     fs.makedirs(f"{out_path}/_manifest", exist_ok=True)
     existing = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{out_path}/*.tar")}
@@ -138,15 +137,15 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str, samples_per_sh
         _write_one_shard(fs, out_path, index, chunk)
         result.written.append(name)
         log.info("wrote shard %s (%d samples)", name, len(chunk))
-    finalize(out_dir, result.shards, storage_options)
+    finalize(out_dir, result.shards, storage)
     sizes = json.loads(fs.cat_file(f"{out_path}/sizes.json"))
     result.samples = sum(sizes.values())
     return result
 
 
-def finalize(out_dir: str, shards: list[str] | None = None, storage_options: dict | None = None) -> None:
+def finalize(out_dir: str, shards: list[str] | None = None, storage: Storage | None = None) -> None:
     """(Re)build ``sizes.json`` and ``manifest.parquet`` from the per-shard manifest parts."""
-    fs, out_path = _url_to_fs(out_dir, storage_options)
+    fs, out_path = _url_to_fs(out_dir, storage)
     if shards is None:
         shards = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{out_path}/*.tar"))
     tables = []
@@ -165,13 +164,13 @@ def finalize(out_dir: str, shards: list[str] | None = None, storage_options: dic
     fs.mv(f"{out_path}/sizes.json.tmp", f"{out_path}/sizes.json")
 
 
-def read_tar_samples(path: str, storage_options: dict | None = None) -> Iterator[dict[str, Any]]:
+def read_tar_samples(path: str, storage: Storage | None = None) -> Iterator[dict[str, Any]]:
     """Group a webdataset tar's members by key (first dot) -> {"__key__", ext: bytes, ...}.
 
     Why our own reader: the dedup stage and the audit stream img2dataset/our tars without
     torch; member names with ``/`` or ``..`` are refused (never trusted as paths).
     """
-    fs, p = _url_to_fs(path, storage_options)
+    fs, p = _url_to_fs(path, storage)
     with fs.open(p, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
         current: dict[str, Any] | None = None
         for member in tar:

@@ -3,11 +3,11 @@
 Why a separate, Spark-free module: the distribution report and the terminal inspector both need
 the same figures (how skewed the raw matches are, what balancing cut, which entries stay whole),
 and those figures only need the per-entry aggregates the count / balance stages already wrote
-(``count/entry_counts.parquet``, ``balance/kept_counts.parquet``, ``balance/t_sweep.json``) —
+(the count stage's entry counts, the balance stage's kept counts and t sweep) —
 at most ~500k rows, never row-sized data. Everything here works on numpy arrays so it can be
 unit-tested exactly on hand-made counts.
 
-Vocabulary (DESIGN §4):
+Vocabulary (ARCHITECTURE.md, "Balancing"):
 - ``count[e]``: number of texts whose matched set contains entry ``e``; "matches" = Σ count.
 - ``kept[e]``: number of *kept* texts containing ``e`` after balancing.
 - head entries: ``count > t`` (sub-sampled); tail entries: ``0 < count <= t`` (kept at 100%).
@@ -82,14 +82,14 @@ class EntryStats:
             kid = np.asarray(kept_entry_id, dtype=np.int64)
             kval = np.asarray(kept, dtype=np.int64)
             if len(kid) != len(kval):
-                raise InputError("balance/kept_counts.parquet columns have different lengths")
+                raise InputError("the kept counts' columns have different lengths")
             pos = np.searchsorted(sorted_ids, kid)
             pos_clipped = np.minimum(pos, max(n - 1, 0))
             found = (pos < n) & (sorted_ids[pos_clipped] == kid) if n else np.zeros(len(kid), bool)
             if not found.all():
                 missing = kid[~found][:5].tolist()
                 raise InputError(
-                    f"balance/kept_counts.parquet has entry ids absent from count/entry_counts.parquet "
+                    f"the kept counts have entry ids absent from the entry counts "
                     f"(e.g. {missing}); the balance stage ran on other counts — re-run balance"
                 )
             target = order[pos_clipped]
@@ -99,7 +99,7 @@ class EntryStats:
                 i = int(np.flatnonzero(over)[0])
                 raise InputError(
                     f"entry_id {int(ids[i])} has kept={int(aligned[i])} > count={int(cnt[i])}: "
-                    f"balance/kept_counts.parquet does not belong to these counts — re-run balance"
+                    f"the kept counts do not belong to these entry counts: re-run balance"
                 )
         return cls(
             entry_id=ids.astype(np.int32),
@@ -253,17 +253,17 @@ def top_head_entries(stats: EntryStats, t: float, k: int = 50) -> list[dict[str,
 
 
 def kept_fraction_vs_t(sweep: Mapping[str, Any], matched: int) -> dict[str, Any]:
-    """Expected kept fraction of the matched pool for each t of ``balance/t_sweep.json``.
+    """Expected kept fraction of the matched pool for each t of the balance stage's t sweep.
 
     The sweep gives Σ p_keep (expected kept texts) per t; dividing by the number of matched
     texts turns it into the fraction the report plots. Points are returned sorted by t.
     """
     if "t" not in sweep or "expected_kept" not in sweep:
-        raise InputError('balance/t_sweep.json must hold {"t": [...], "expected_kept": [...]}; re-run balance')
+        raise InputError('the t sweep must hold {"t": [...], "expected_kept": [...]}; re-run balance')
     t = np.asarray(sweep["t"], dtype=np.float64)
     e = np.asarray(sweep["expected_kept"], dtype=np.float64)
     if len(t) != len(e):
-        raise InputError(f"balance/t_sweep.json: {len(t)} t values but {len(e)} expected_kept values")
+        raise InputError(f"the t sweep has {len(t)} t values but {len(e)} expected_kept values")
     order = np.argsort(t, kind="stable")
     t, e = t[order], e[order]
     frac = e / float(matched) if matched > 0 else np.zeros_like(e)

@@ -4,7 +4,7 @@ Why a page: contamination claims must be checkable. The page lists overlap count
 the configured ``k``, sweeps ``k = 0..16`` (how sensitive the count is to the threshold), shows
 found pairs side by side, and records which pHash path (exact / fast) produced the hashes.
 
-Inputs are plain tables so the same code audits a run (``RUN/dedup``) or any existing shards:
+Inputs are plain tables so the same code audits a run (its dedup hashes) or any existing shards:
 ``pool``: uid, phash:uint64, tar, key (where to fetch the image); ``evals``: dataset, key,
 phash:uint64, source (``file:PATH`` / ``tar:URL#MEMBER`` / ``parquet:URL#ROW``).
 """
@@ -24,7 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.evalsets import hash_tar, load_eval_hashes
 from curation.neardup import NearDupIndex
+from curation.storage import Storage, join
 
 log = logging.getLogger(__name__)
 SWEEP_MAX_K = 16
@@ -40,17 +42,9 @@ def k_sweep(pool_hashes: np.ndarray, eval_hashes: np.ndarray, max_k: int = SWEEP
     return ks, [int((best <= k).sum()) for k in ks], (q, e, d)
 
 
-def _fs(url: str, storage_options: dict | None) -> tuple[Any, str]:
-    """(filesystem, path) with the run's storage options for remote URLs (s3://, ...)."""
-    from jobs.storage import get_fs  # jobs owns how storage options apply to URLs
-
-    return get_fs(url, storage_options)
-
-
-def _read_member(tar_url: str, member_key: str, storage_options: dict | None = None) -> bytes | None:
+def _read_member(tar_url: str, member_key: str, storage: Storage) -> bytes | None:
     """Bytes of the first image member of sample ``member_key`` in a tar (audit thumbnails only)."""
-    fs, path = _fs(tar_url, storage_options)
-    with fs.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+    with storage.open(tar_url, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
         for m in tar:
             base = m.name.rsplit("/", 1)[-1]
             key, _, ext = base.partition(".")
@@ -59,20 +53,18 @@ def _read_member(tar_url: str, member_key: str, storage_options: dict | None = N
     return None
 
 
-def _load_source(source: str, storage_options: dict | None = None) -> bytes | None:
+def _load_source(source: str, storage: Storage) -> bytes | None:
     """Image bytes of an eval image from its ``source`` (``file:`` / ``tar:`` / ``parquet:``)."""
     try:
         kind, rest = source.split(":", 1)
         if kind == "file":
-            fs, p = _fs(rest, storage_options)
-            return fs.cat_file(p)
+            return storage.read_bytes(rest)
         if kind == "tar":
             url, member = rest.rsplit("#", 1)
-            return _read_member(url, member.split(".")[0], storage_options)
+            return _read_member(url, member.split(".")[0], storage)
         if kind == "parquet":
             url, row = rest.rsplit("#", 1)
-            fs, p = _fs(url, storage_options)
-            with fs.open(p, "rb") as f:
+            with storage.open(url, "rb") as f:
                 t = pq.read_table(f)
             col = next(c for c in ("image", "jpg", "png", "bytes", "img") if c in t.column_names)
             v = t.column(col)[int(row)].as_py()
@@ -116,18 +108,15 @@ def _sweep_plot(ks: list[int], counts: list[int], k: int) -> bytes:
     return buf.getvalue()
 
 
-def write_audit(out_dir: str, pool: pa.Table, evals: pa.Table, *, k: int = 8, phash_mode: str = "exact",
-                max_pairs: int = 60, title: str = "metacurate overlap audit",
-                storage_options: dict | None = None) -> dict[str, Any]:
+def write_audit(out_dir: str, pool: pa.Table, evals: pa.Table, storage: Storage, *, k: int = 8,
+                phash_mode: str = "exact", max_pairs: int = 60, title: str = "metacurate overlap audit",
+                base: str | None = None) -> dict[str, Any]:
     """Write ``out_dir/index.html`` + ``k_sweep.png`` + ``audit.json``; return the summary dict.
 
-    ``storage_options`` (endpoint, keys) apply to every read (thumbnails from tars / eval sources)
-    and write, so an ``s3://`` run needs no AWS_* variables."""
-    from jobs import storage
-
-    so = storage_options
+    Every read (thumbnails from tars / eval sources) and write goes through ``storage``; ``tar``
+    paths in ``pool`` are relative to ``base`` when it is given (a run directory)."""
     out_dir = out_dir.rstrip("/")
-    storage.makedirs(out_dir, so)
+    storage.makedirs(out_dir)
     ph = pool.column("phash").to_numpy().astype(np.uint64) if len(pool) else np.zeros(0, np.uint64)
     eh = evals.column("phash").to_numpy().astype(np.uint64) if len(evals) else np.zeros(0, np.uint64)
     ks, counts, (q, e, d) = k_sweep(ph, eh)
@@ -145,15 +134,17 @@ def write_audit(out_dir: str, pool: pa.Table, evals: pa.Table, *, k: int = 8, ph
                             "pool_images": pool_per_set[n]} for n in datasets},
         "k_sweep": {"k": ks, "overlapping_pool_images": counts},
     }
-    storage.write_bytes_atomic(storage.join(out_dir, "k_sweep.png"), _sweep_plot(ks, counts, k), so)
+    storage.write_bytes(join(out_dir, "k_sweep.png"), _sweep_plot(ks, counts, k))
     uids, tars, keys = (pool.column(c).to_pylist() for c in ("uid", "tar", "key"))
     ekeys, srcs = evals.column("key").to_pylist(), evals.column("source").to_pylist()
     order = np.lexsort((e, q, d))[:max_pairs]
     rows_html = []
     for n in order:
         i, j = int(q[n]), int(e[n])
-        left = _thumb_b64(_read_member(tars[i], keys[i], so) if tars[i] else None)
-        right = _thumb_b64(_load_source(srcs[j], so) if srcs[j] else None)
+        tar = join(base, tars[i]) if base and tars[i] and "://" not in tars[i] and not tars[i].startswith("/") \
+            else tars[i]
+        left = _thumb_b64(_read_member(tar, keys[i], storage) if tar else None)
+        right = _thumb_b64(_load_source(srcs[j], storage) if srcs[j] else None)
         rows_html.append(
             f"<tr><td><img src='{left}' alt='pool'><br>{html.escape(str(uids[i]))}</td>"
             f"<td><img src='{right}' alt='eval'><br>{html.escape(ds[j])} / {html.escape(str(ekeys[j]))}</td>"
@@ -174,8 +165,8 @@ pool images with an eval near-duplicate: <b id="overlap-total">{summary['overlap
 <h2>Found pairs (closest first, at most {max_pairs})</h2>
 <table id="pairs"><tr><th>pool image</th><th>eval image</th><th>Hamming</th></tr>{''.join(rows_html)}</table>
 </body></html>"""
-    storage.write_bytes_atomic(storage.join(out_dir, "audit.json"), json.dumps(summary, indent=1).encode(), so)
-    storage.write_bytes_atomic(storage.join(out_dir, "index.html"), page.encode("utf-8"), so)
+    storage.write_bytes(join(out_dir, "audit.json"), json.dumps(summary, indent=1).encode())
+    storage.write_bytes(join(out_dir, "index.html"), page.encode("utf-8"))
     log.info("audit: %d pool images overlap eval sets at k=%d -> %s/index.html",
              summary["overlapping_pool_images"], k, out_dir)
     return summary
@@ -185,33 +176,18 @@ def _ok_pool(hashes: pa.Table) -> pa.Table:
     return hashes.filter(pc.equal(hashes.column("status"), "ok")).select(["uid", "phash", "tar", "key"])
 
 
-def audit_run(run_dir: str, out_dir: str | None = None, *,
-              storage_options: dict | None = None) -> dict[str, Any]:
-    """Audit a run: pool hashes from ``RUN/dedup/hashes``, k and pHash path from ``dedup/params.json``.
-
-    Every read and write goes through ``storage_options``; the page lands in ``RUN/audit`` (also
-    when RUN is ``s3://...``) unless ``out_dir`` says otherwise."""
-    from jobs import storage
-    from jobs.images import load_eval_hashes  # jobs owns the run layout
-
-    so = storage_options
-    run_dir = run_dir.rstrip("/")
-    params_url = storage.join(run_dir, "dedup", "params.json")
-    params = storage.read_json(params_url, so) if storage.exists(params_url, so) else {}
-    pool = _ok_pool(storage.read_parquet_any(storage.join(run_dir, "dedup", "hashes"), so))
-    return write_audit(out_dir or storage.join(run_dir, "audit"), pool, load_eval_hashes(run_dir, so),
-                       k=int(params.get("k", 8)), phash_mode=params.get("phash_mode", "exact"),
-                       storage_options=so)
+def audit_hashes(hashes: str, eval_hashes: str, out_dir: str, storage: Storage, *, k: int = 8,
+                 phash_mode: str = "exact", base: str | None = None) -> dict[str, Any]:
+    """Audit pool hashes already computed (a folder or file of ``uid, tar, key, phash, status`` rows,
+    e.g. a run's dedup hashes) against eval hashes (an eval-hash folder or file)."""
+    pool = _ok_pool(storage.read_parquet(hashes))
+    return write_audit(out_dir, pool, load_eval_hashes(eval_hashes, storage), storage, k=k,
+                       phash_mode=phash_mode, base=base)
 
 
-def audit_shards(shards: str, evalsets: str, out_dir: str, *, k: int = 8, phash_mode: str = "exact",
-                 storage_options: dict | None = None) -> dict[str, Any]:
+def audit_shards(shards: str, evalsets: str, out_dir: str, storage: Storage, *, k: int = 8,
+                 phash_mode: str = "exact") -> dict[str, Any]:
     """Audit any WebDataset shards (e.g. someone else's) against hashed eval sets."""
-    from jobs.images import hash_tar, list_tars, load_eval_hashes
-
-    so = storage_options
-    tables = [hash_tar(t, phash_mode, so) for t in list_tars(shards, so)]
-    if not tables:
-        raise ValueError(f"no shards match {shards}")
-    return write_audit(out_dir, _ok_pool(pa.concat_tables(tables)), load_eval_hashes(evalsets, so),
-                       k=k, phash_mode=phash_mode, storage_options=so)
+    tables = [hash_tar(t, storage, phash_mode) for t in storage.expand(shards)]
+    return write_audit(out_dir, _ok_pool(pa.concat_tables(tables)), load_eval_hashes(evalsets, storage), storage,
+                       k=k, phash_mode=phash_mode)

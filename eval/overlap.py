@@ -1,7 +1,7 @@
 """Overlap-aware evaluation: scores with and without eval images that leaked into training.
 
-The dedup stage writes ``RUN/dedup/overlap.parquet`` (columns ``uid, dataset, key, hamming``):
-one row per (training sample, eval image) pair within the near-duplicate threshold. Here the
+The dedup stage writes overlap rows (columns ``uid, dataset, key, hamming``): one row per
+(training sample, eval image) pair within the near-duplicate threshold. Here the
 eval side matters: an eval image is *overlapping* when any row names its dataset and key. Keys
 are compared after dropping a leading ``./`` and an image extension, so ``0042.png`` written by
 the hasher and ``0042`` used by the loader agree (see ``eval.datasets`` for the key rules).
@@ -9,13 +9,12 @@ the hasher and ``0042`` used by the loader agree (see ``eval.datasets`` for the 
 from __future__ import annotations
 
 import logging
-import posixpath
 from typing import Sequence
 
-import fsspec
 import numpy as np
 
 from curation.errors import InputError
+from curation.storage import Storage
 from eval.datasets import IMAGE_EXTS
 
 log = logging.getLogger(__name__)
@@ -33,23 +32,13 @@ def normalize_key(key: str) -> str:
     return k
 
 
-def overlap_path(run_or_file: str) -> str:
-    """``RUN`` → ``RUN/dedup/overlap.parquet``; a parquet path is used as is."""
-    if run_or_file.endswith(".parquet"):
-        return run_or_file
-    return posixpath.join(run_or_file.rstrip("/"), "dedup", "overlap.parquet")
-
-
-def load_overlap(run_or_file: str):
-    """The overlap table as an Arrow table (validated columns)."""
-    import pyarrow.parquet as pq
-
-    path = overlap_path(run_or_file)
-    fs, p = fsspec.core.url_to_fs(path)
-    if not fs.exists(p):
+def load_overlap(path: str, storage: Storage | None = None):
+    """The overlap rows (a parquet file or a folder of parts) as an Arrow table (validated columns)."""
+    storage = storage or Storage.from_env()
+    if not storage.exists(path):
         raise InputError(f"no overlap table at {path}: run the dedup stage first, or pass the "
                          "overlap parquet itself")
-    table = pq.read_table(p, filesystem=fs)
+    table = storage.read_parquet(path)
     missing = [c for c in ("dataset", "key", "hamming") if c not in table.column_names]
     if missing:
         raise InputError(f"{path} lacks columns {missing}; expected {OVERLAP_COLUMNS}")

@@ -1,12 +1,12 @@
 """Measure core-hours per stage per million pool rows and scale them to MetaCLIP-sized pools.
 
 Why: a cluster budget needs a number per stage, measured on the same code the cluster runs. This
-script runs the real match -> count -> balance stages (``jobs.curate``, the code path of
-``metacurate curate``) in ``local[N]`` on a generated pool, times each stage, converts wall seconds
-x N cores into core-hours per million pool rows and scales them to 1.6B rows (MetaCLIP's pool) and
-10B rows. Download / dedup / shard are image-bound and cannot be measured offline at scale: their
-rows are *estimates* from published img2dataset throughput and the pHash cost measured on
-the development machine (imagehash.phash ~830 us per 256 px image), and are labelled so.
+script runs the real stages (``jobs.stages``, the code path of ``metacurate run``) in ``local[N]``
+on a generated pool, times each stage that works on pool rows, converts wall seconds x N cores into
+core-hours per million pool rows and scales them to 1.6B rows (MetaCLIP's pool) and 10B rows. The
+stages are the registry's: those that need the network or real images (download, dedup, shard)
+declare a ``sizing_estimate`` (published img2dataset throughput, the pHash cost measured on the
+development machine) and their rows are labelled ESTIMATE.
 
   python infra/measure_sizing.py                          # 200k captions, 500k entries, local[1]
   python infra/measure_sizing.py --rows 50000 200000      # two sizes: also prints the marginal cost
@@ -37,22 +37,31 @@ if str(_REPO) not in sys.path:
 
 log = logging.getLogger("measure_sizing")
 
-STAGES = ("match", "count", "balance")
 SCALES = {"1.6B (MetaCLIP pool)": 1.6e9, "10B": 1.0e10}
 
-# --------------------------------------------------------------------------- estimates (not measured)
-# Published img2dataset figure: "100M urls in 20h on one machine" (README; a 16-core machine),
-# and laion400m "in 3.5 days" on one 16-core machine: 16*20/100 = 3.2 and 16*84/400 = 3.4
-# core-hours per million downloaded images. Loopback here: ~250 img/s on 2 cores (dev machine)
-# = 2.2 core-hours/M with zero network latency, a lower bound.
-DOWNLOAD_CORE_H_PER_M = 3.4
-# pHash: ~830 us per 256 px image (dev machine), plus JPEG decode and tar read (assumed
-# ~1 ms more) -> ~1.8 ms/image = 0.5 core-hours per million downloaded images.
-DEDUP_CORE_H_PER_M = 0.5
-# Shard: re-pack tar members (read + write, no decode); assumed ~0.3 ms/sample.
-SHARD_CORE_H_PER_M = 0.1
 # Image stages touch only the kept rows: MetaCLIP kept 400M of its 1.6B pool at t=20k (25%).
 KEPT_FRACTION = 0.25
+
+
+def measured_stages() -> list[str]:
+    """Stages measured here: those that work on pool rows (they have upstream stages) and declare
+    no estimate, in pipeline order."""
+    from jobs.stages import STAGES
+
+    return [s.name for s in STAGES if s.upstream and s.sizing_estimate is None]
+
+
+def source_stages() -> list[str]:
+    """Stages with no upstream (the entry list): run before the measured ones, not timed."""
+    from jobs.stages import STAGES
+
+    return [s.name for s in STAGES if not s.upstream]
+
+
+def estimated_stages() -> list[tuple[str, float, str]]:
+    from jobs.stages import STAGES
+
+    return [(s.name, *s.sizing_estimate) for s in STAGES if s.sizing_estimate is not None]
 
 
 def tree_cpu_seconds(root: int | None = None) -> float:
@@ -125,8 +134,8 @@ def make_pool(work: Path, rows: int, entries: int, n_files: int, demo: bool) -> 
 def measure(spark, work: Path, rows: int, args, repeat: int = 1) -> dict:
     """Run match, count, balance on a pool of ``rows`` rows; best wall seconds per stage over
     ``repeat`` runs, each into a fresh run directory (the machine is shared and noisy)."""
-    from jobs import curate
-    from jobs.storage import storage_options_from_env
+    from jobs.config import load_config
+    from jobs.stages import run_stages
 
     if args.pool:  # your own pool sample, measured as it is
         paths = {"pool": args.pool, "metadata": args.metadata}
@@ -137,21 +146,22 @@ def measure(spark, work: Path, rows: int, args, repeat: int = 1) -> dict:
     for rep in range(repeat):
         out = work / f"n{rows}" / f"run{rep}"
         shutil.rmtree(out, ignore_errors=True)
-        p = curate.CurateParams(pool=paths["pool"], metadata=paths["metadata"], out=str(out), t=args.t,
-                                rows_per_unit=args.rows_per_unit, storage_options=storage_options_from_env())
-        p.validate()
-        summaries = {}
-        for stage in STAGES:
+        cfg = load_config(None, values={"pool.path": paths["pool"], "metadata.path": paths["metadata"],
+                                        "run_dir": str(out), "balance.t": args.t,
+                                        "pool.rows_per_unit": args.rows_per_unit})
+        summaries = run_stages(cfg, source_stages(), spark=spark)  # not measured: they do not see pool rows
+        for stage in measured_stages():
             c0, t0 = tree_cpu_seconds(), time.perf_counter()
-            summaries[stage] = curate.STAGES[stage](spark, p)
+            summaries[stage] = run_stages(cfg, [stage], spark=spark, add_upstream=False)[stage]
             secs, cpu = time.perf_counter() - t0, tree_cpu_seconds() - c0
             best[stage] = min(best.get(stage, float("inf")), secs)
             best_cpu[stage] = min(best_cpu.get(stage, float("inf")), cpu)
             log.info("rows=%d run %d/%d %s: %.1f s wall, %.1f s CPU (in=%s out=%s)", rows, rep + 1, repeat,
                      stage, secs, cpu, summaries[stage]["in"], summaries[stage]["out"])
         shutil.rmtree(out, ignore_errors=True)
-    return {"rows": rows, "seconds": best, "cpu_seconds": best_cpu, "matched": summaries["match"]["out"],
-            "kept": summaries["balance"]["out"]}
+    stages = measured_stages()
+    return {"rows": rows, "seconds": best, "cpu_seconds": best_cpu, "matched": summaries[stages[0]]["out"],
+            "kept": summaries[stages[-1]]["out"]}
 
 
 def core_hours_per_m(seconds: float, cores: int, rows: int) -> float:
@@ -168,12 +178,13 @@ def table(results: list[dict], cores: int) -> tuple[str, dict]:
     it is meaningful (positive): it removes the fixed part, but on a loaded machine it is noisy.
     """
     last = results[-1]
-    per_m = {s: core_hours_per_m(last["seconds"][s], cores, last["rows"]) for s in STAGES}
+    stages = [s for s in measured_stages() if s in last["seconds"]]
+    per_m = {s: core_hours_per_m(last["seconds"][s], cores, last["rows"]) for s in stages}
     marginal = {}
     if len(results) >= 2:
         a, b = results[0], results[-1]
         drows = b["rows"] - a["rows"]
-        for s in STAGES:
+        for s in stages:
             d = b["seconds"][s] - a["seconds"][s]
             marginal[s] = core_hours_per_m(d, cores, drows) if d > 0 else None
     head = ("| stage | basis | core-h per 1M pool rows | "
@@ -185,17 +196,16 @@ def table(results: list[dict], cores: int) -> tuple[str, dict]:
                 + " | ".join(f"{rate * n / 1e6:,.0f}" for n in SCALES.values()) + " |")
 
     cpu = last.get("cpu_seconds")
-    for s in STAGES:
+    for s in stages:
         lines.append(row(s, f"measured, {last['rows']:,} rows, {cores} core(s)", per_m[s]))
         if cpu:  # CPU actually used (driver + JVM + Python workers): less sensitive to a busy host
             lines.append(row(s, f"CPU time, {last['rows']:,} rows", core_hours_per_m(cpu[s], 1, last["rows"])))
         if marginal.get(s) is not None:
             lines.append(row(s, f"marginal {results[0]['rows']:,}->{last['rows']:,} rows", marginal[s]))
     total = sum(per_m.values())
-    lines.append(row("match+count+balance", "measured (sum)", total))
-    est = {"download": DOWNLOAD_CORE_H_PER_M, "dedup": DEDUP_CORE_H_PER_M, "shard": SHARD_CORE_H_PER_M}
-    for s, v in est.items():
-        lines.append(row(s, f"ESTIMATE ({v} core-h per 1M kept images, {KEPT_FRACTION:.0%} kept)",
+    lines.append(row("+".join(stages), "measured (sum)", total))
+    for s, v, basis in estimated_stages():
+        lines.append(row(s, f"ESTIMATE ({v} core-h per 1M kept images, {KEPT_FRACTION:.0%} kept; {basis})",
                          v * KEPT_FRACTION, ".3f"))  # image stages run on kept rows only
     return "\n".join(lines), per_m
 
@@ -225,12 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool:
         if not args.metadata:
             ap.error("--pool needs --metadata")
-        from jobs.curate import CurateParams, plan_units
+        from curation.storage import Storage
+        from jobs.config import load_config
+        from jobs.stages.match import plan_units
 
-        from jobs.storage import storage_options_from_env
-
-        units, _ = plan_units(CurateParams(pool=args.pool, metadata=args.metadata, out="",
-                                           storage_options=storage_options_from_env()))
+        pool = load_config(None, values={"run_dir": str(args.work or "."), "pool.path": args.pool,
+                                         "pool.rows_per_unit": args.rows_per_unit}).pool
+        units, _ = plan_units(pool, Storage.from_env())
         args.rows = [sum(u["rows"] for u in units)]  # one size: the whole given pool
         args.warmup_rows = 0  # the best of --repeat runs is the warm one (matcher already built)
     work = Path(args.work or tempfile.mkdtemp(prefix="metacurate-sizing-"))
@@ -252,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{load_before[0]:.1f} / {load_after[0]:.1f} on {os.cpu_count()} CPUs")
     if warm:
         print(f"warm-up ({warm['rows']:,} rows, not counted; match includes building the matcher once per "
-              "Python worker): " + ", ".join(f"{s}={warm['seconds'][s]:.1f}s" for s in STAGES))
+              "Python worker): " + ", ".join(f"{s}={warm['seconds'][s]:.1f}s" for s in measured_stages()))
     for r in results:
         print(f"rows={r['rows']:,} matched={r['matched']:,} kept={r['kept']:,} wall/CPU seconds: "
-              + ", ".join(f"{s}={r['seconds'][s]:.1f}/{r['cpu_seconds'][s]:.1f}" for s in STAGES))
+              + ", ".join(f"{s}={r['seconds'][s]:.1f}/{r['cpu_seconds'][s]:.1f}" for s in measured_stages()))
     print()
     print(md)
     if args.json:

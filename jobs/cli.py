@@ -13,19 +13,13 @@ import sys
 from typing import Sequence
 
 from curation.errors import InputError
+from jobs.stages.base import StageError
 
-# name -> (module, one-line help). Order is the order shown in --help (pipeline order).
+# name -> (module, one-line help), in the order of --help; the stages (from the registry) follow `run`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("jobs.commands.quickstart", "offline end-to-end demo: metadata -> ... -> eval -> report"),
-    "metadata": ("jobs.commands.metadata", "build the entry list (WordNet + Wikipedia) or import a metadata.json"),
-    "curate": ("jobs.commands.curate", "match -> count -> balance over a pool parquet (flags, no config file)"),
+    "curate": ("jobs.commands.curate", "metadata -> match -> count -> balance over a pool parquet, by flags"),
     "run": ("jobs.commands.stages", "run every stage of a config (skips stages already complete)"),
-    "match": ("jobs.commands.stages", "stage: substring-match pool texts against the metadata"),
-    "count": ("jobs.commands.stages", "stage: per-entry match counts"),
-    "balance": ("jobs.commands.stages", "stage: keep rows with p_keep = 1 - prod(1 - min(1, t/count))"),
-    "download": ("jobs.commands.stages", "stage: fetch the kept images with img2dataset"),
-    "dedup": ("jobs.commands.stages", "stage: remove near-duplicates of evaluation images (pHash)"),
-    "shard": ("jobs.commands.stages", "stage: write WebDataset shards + sizes.json + manifest"),
     "evalsets": ("jobs.commands.evalsets", "hash evaluation image sets for dedup"),
     "audit": ("jobs.commands.audit", "train/test overlap audit page (audit/index.html)"),
     "report": ("jobs.commands.report", "distribution report of a run (report/index.html + PNGs)"),
@@ -35,6 +29,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scaling": ("jobs.commands.scaling", "fit scaling laws E = beta * C^alpha across runs"),
     "experiment": ("jobs.commands.experiment", "experiments, e.g. balance-vs-random"),
 }
+
+
+def all_commands() -> dict[str, tuple[str, str, str | None]]:
+    """Every command as ``(module, help, description)``: the ones above, with one per stage of the
+    registry inserted after `run` (described by the stage module's own docstring)."""
+    from jobs.stages import STAGES
+
+    out: dict[str, tuple[str, str, str | None]] = {}
+    for name, (module, help_text) in COMMANDS.items():
+        out[name] = (module, help_text, None)
+        if name == "run":
+            for stage in STAGES:
+                doc = (sys.modules[type(stage).__module__].__doc__ or stage.help).strip()
+                out[stage.name] = ("jobs.commands.stages", f"stage: {stage.help}",
+                                   f"{doc}\n\nRun it alone: metacurate {stage.name} --config run.yaml "
+                                   "(its upstream stages must be complete).")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (module, help_text, description) in all_commands().items():
         mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
+        p = sub.add_parser(name, help=help_text, description=description or (mod.__doc__ or help_text).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if hasattr(mod, "add_arguments_for"):
             mod.add_arguments_for(name, p)
@@ -80,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:  # errors that tell the user what to change
         print(f"metacurate {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except StageError as exc:  # a stage's own check failed: nothing was marked complete
+        print(f"metacurate {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 Why it reads only aggregates: a run may hold billions of rows, but everything the report shows
 comes from the per-entry tables of the count and balance stages (≤ ~500k rows) and the small
-``summary.json`` / ``_SUCCESS`` / ``t_sweep.json`` files of every stage. Reject *examples* are
-taken from the first batch of the first reject files only (bounded). Paths may be local or
-``s3://`` (fsspec, see ``jobs.storage``). Plotting uses matplotlib's Agg canvas through
+``_summary.json`` / ``_SUCCESS`` / t-sweep files of the stages. Reject *examples* are taken from
+the first batch of the first reject files only (bounded). The run may be local or ``s3://``: every
+read and write goes through the run's storage. Plotting uses matplotlib's Agg canvas through
 ``matplotlib.figure.Figure`` (no pyplot global state, no display needed).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.errors import InputError
+from curation.rundir import SUMMARY, RunDir, StageDir
 from curation.stats import (
     EntryStats,
     coverage_curve,
@@ -31,21 +32,14 @@ from curation.stats import (
     distribution_summary,
     sorted_counts,
 )
-from jobs import storage
+from curation.storage import Storage, join
+from jobs.stages import STAGES, balance, count, metadata
+from jobs.stages.base import Stage
 
 log = logging.getLogger(__name__)
 
-# Pipeline order; any other stage directory holding a summary.json is listed after these.
-STAGE_ORDER = ["metadata", "match", "count", "balance", "download", "dedup", "shards", "audit"]
-LATER_STAGES = ("download", "dedup", "shards")  # optional after balance: shown as "not run yet"
 REJECT_EXAMPLE_ROWS = 2000  # rows read from the first reject files to show one example per reason
 REJECT_EXAMPLE_FILES = 3
-
-COUNTS_FILE = "count/entry_counts.parquet"
-KEPT_FILE = "balance/kept_counts.parquet"
-SWEEP_FILE = "balance/t_sweep.json"
-BALANCE_SUMMARY_FILE = "balance/summary.json"
-METADATA_ENTRIES_FILE = "metadata/entries.parquet"
 
 
 @dataclass
@@ -94,7 +88,9 @@ class RunData:
         m = self.balance.get("matched")
         if isinstance(m, (int, float)) and m > 0:
             return int(m)
-        match = next((s for s in self.stages if s.name == "match" and s.summary), None)
+        from jobs.stages import match as match_stage
+
+        match = next((s for s in self.stages if s.name == match_stage.STAGE.name and s.summary), None)
         return int(match.summary.get("out", 0)) if match else 0
 
     def summary(self, top_k: int = 50) -> dict[str, Any]:
@@ -103,145 +99,110 @@ class RunData:
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_optional_json(url: str, opts: dict | None) -> Any | None:
-    if not storage.exists(url, opts):
-        return None
-    try:
-        return storage.read_json(url, opts)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{url} is not valid JSON ({exc}); re-run the stage that wrote it") from exc
-
-
-def _read_success(url: str, opts: dict | None) -> dict[str, Any] | None:
-    """_SUCCESS is JSON with a fingerprint; an empty or non-JSON marker still means 'done'."""
-    if not storage.exists(url, opts):
-        return None
-    fs, path = storage.get_fs(url, opts)
-    with fs.open(path, "rb") as f:
-        raw = f.read().decode("utf-8", errors="replace").strip()
-    if not raw:
-        return {}
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError:
-        return {"raw": raw[:200]}
-    return obj if isinstance(obj, dict) else {"value": obj}
-
-
-def _require(run: str, rel: str, stage: str, opts: dict | None) -> str:
-    url = storage.join(run, rel)
-    if not storage.exists(url, opts):
+def _require(d: StageDir, url: str, stage: Stage) -> str:
+    if not d.storage.exists(url):
         raise InputError(
-            f"{url} is missing: the report needs the '{stage}' stage's output — run "
-            f"`metacurate {stage} --config run.yaml` (or `metacurate run`) on this run directory first"
+            f"{url} is missing: the report needs the '{stage.name}' stage's output; run "
+            f"`metacurate {stage.name} --config run.yaml` (or `metacurate run`) on this run directory first"
         )
     return url
 
 
-def _read_table(url: str, columns: list[str], opts: dict | None, stage: str):
-    """A parquet file or a directory of part files, only the named columns (missing → InputError)."""
-    files = storage.list_files(url, ".parquet", opts)
+def _read_table(url: str, columns: list[str], storage: Storage, stage: Stage) -> pa.Table:
+    """A parquet file or a folder of part files, only the named columns (missing -> InputError)."""
+    files = storage.list_files(url, ".parquet")
     if not files:
-        raise InputError(f"{url} holds no parquet files; re-run the '{stage}' stage")
+        raise InputError(f"{url} holds no parquet files; re-run the '{stage.name}' stage")
     tables = []
     for f in files:
-        fs, path = storage.get_fs(f, opts)
-        with fs.open(path, "rb") as fh:
-            pf = pq.ParquetFile(fh)
+        with storage.parquet_file(f) as pf:
             names = set(pf.schema_arrow.names)
             missing = [c for c in columns if c not in names]
             if missing:
-                raise InputError(f"{f} lacks column(s) {missing} (has {sorted(names)}); re-run the '{stage}' stage")
+                raise InputError(f"{f} lacks column(s) {missing} (has {sorted(names)}); re-run the "
+                                 f"'{stage.name}' stage")
             tables.append(pf.read(columns=columns))
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
-def _schema_names(url: str, opts: dict | None, stage: str) -> set[str]:
-    """Column names of the first parquet file at ``url`` (a file or a directory of parts)."""
-    files = storage.list_files(url, ".parquet", opts)
+def _schema_names(url: str, storage: Storage, stage: Stage) -> set[str]:
+    """Column names of the first parquet file at ``url`` (a file or a folder of parts)."""
+    files = storage.list_files(url, ".parquet")
     if not files:
-        raise InputError(f"{url} holds no parquet files; re-run the '{stage}' stage")
-    fs, path = storage.get_fs(files[0], opts)
-    with fs.open(path, "rb") as fh:
-        return set(pq.ParquetFile(fh).schema_arrow.names)
+        raise InputError(f"{url} holds no parquet files; re-run the '{stage.name}' stage")
+    with storage.parquet_file(files[0]) as pf:
+        return set(pf.schema_arrow.names)
 
 
-def _reject_examples(run: str, stage: str, opts: dict | None) -> dict[str, str]:
+def _reject_examples(d: StageDir) -> dict[str, str]:
     """First detail seen per reason, from a bounded prefix of the stage's reject files."""
-    url = storage.join(run, "rejects", stage)
-    if not storage.exists(url, opts):
+    storage = d.storage
+    if not d.rejects_url or not storage.exists(d.rejects_url):
         return {}
     examples: dict[str, str] = {}
     try:
-        files = storage.list_files(url, ".parquet", opts)[:REJECT_EXAMPLE_FILES]
+        files = storage.list_files(d.rejects_url, ".parquet")[:REJECT_EXAMPLE_FILES]
     except InputError:
         return {}
     for f in files:
-        fs, path = storage.get_fs(f, opts)
         try:
-            with fs.open(path, "rb") as fh:
-                pf = pq.ParquetFile(fh)
+            with storage.parquet_file(f) as pf:
                 cols = [c for c in ("reason", "detail") if c in pf.schema_arrow.names]
                 if "reason" not in cols:
                     continue
                 for batch in pf.iter_batches(batch_size=REJECT_EXAMPLE_ROWS, columns=cols):
                     reasons = batch.column("reason").to_pylist()
                     details = batch.column("detail").to_pylist() if "detail" in cols else [""] * len(reasons)
-                    for r, d in zip(reasons, details):
+                    for r, detail in zip(reasons, details):
                         if r is not None and r not in examples:
-                            examples[r] = "" if d is None else str(d)
+                            examples[r] = "" if detail is None else str(detail)
                     break  # one batch per file: bounded
         except Exception as exc:  # a broken reject file must not break the report
             log.warning("could not read reject examples from %s: %s", f, exc)
     return examples
 
 
-def read_stages(run: str, opts: dict | None = None) -> list[StageInfo]:
-    """Every stage directory of the run with its _SUCCESS / summary.json, in pipeline order."""
-    fs, root = storage.get_fs(run, opts)
-    if not fs.exists(root):
-        raise InputError(f"run directory {run} does not exist; pass the RUN directory a stage wrote to")
-    names = []
-    for p in fs.ls(root, detail=False):
-        name = posixpath.basename(p.rstrip("/"))
-        if name in ("rejects", "report") or name.startswith((".", "_")):
-            continue
-        if fs.isdir(p):
-            names.append(name)
-    ordered = [s for s in STAGE_ORDER if s in names] + sorted(n for n in names if n not in STAGE_ORDER)
+def as_run(run: RunDir | str) -> RunDir:
+    """A run directory from a RunDir or a path/URL (storage then from the environment)."""
+    return run if isinstance(run, RunDir) else RunDir(run)
+
+
+def read_stages(run: RunDir | str) -> list[StageInfo]:
+    """Every registered stage whose folder exists, with its _SUCCESS and summary, in pipeline order."""
+    run = as_run(run)
+    if not run.exists():
+        raise InputError(f"run directory {run.url} does not exist; pass the RUN directory a stage wrote to")
     stages = []
-    for name in ordered:
-        d = storage.join(run, name)
-        info = StageInfo(
-            name=name,
-            success=_read_success(storage.join(d, "_SUCCESS"), opts),
-            summary=_read_optional_json(storage.join(d, "summary.json"), opts),
-        )
-        if info.success is None and info.summary is None and name not in STAGE_ORDER:
-            continue  # some unrelated folder
-        info.reject_examples = _reject_examples(run, name, opts)
-        stages.append(info)
+    for stage in STAGES:
+        d = run.stage(stage.name, stage.dir_name())
+        if not run.storage.exists(d.url):
+            continue
+        stages.append(StageInfo(name=stage.name, success=d.success(), summary=d.summary(),
+                                reject_examples=_reject_examples(d)))
     return stages
 
 
-def load_run(run: str, storage_options: dict | None = None) -> RunData:
+def load_run(run: RunDir | str) -> RunData:
     """Read the aggregates of a run; InputError names any missing file and the stage to run."""
-    opts = storage.storage_options_from_env(storage_options)
-    run = run.rstrip("/")
-    stages = read_stages(run, opts)
-    counts_url = _require(run, COUNTS_FILE, "count", opts)
-    kept_url = _require(run, KEPT_FILE, "balance", opts)
-    bal_url = _require(run, BALANCE_SUMMARY_FILE, "balance", opts)
-    sweep_url = storage.join(run, SWEEP_FILE)
-
-    has_source = "source" in _schema_names(counts_url, opts, "count")
+    run = as_run(run)
+    storage = run.storage
+    stages = read_stages(run)
+    count_dir, balance_dir = run.stage(count.STAGE.name), run.stage(balance.STAGE.name)
+    counts_url = _require(count_dir, count.counts_url(count_dir), count.STAGE)
+    kept_url = _require(balance_dir, balance.kept_counts_url(balance_dir), balance.STAGE)
+    bal_summary = balance_dir.summary()
+    if bal_summary is None:
+        _require(balance_dir, balance_dir.path(SUMMARY), balance.STAGE)
+        raise InputError(f"{balance_dir.path(SUMMARY)} is not a readable summary; re-run the balance stage")
+    has_source = "source" in _schema_names(counts_url, storage, count.STAGE)
     cols = ["entry_id", "entry", "count"] + (["source"] if has_source else [])
-    counts = _read_table(counts_url, cols, opts, "count")
-    meta_url = storage.join(run, METADATA_ENTRIES_FILE)
+    counts = _read_table(counts_url, cols, storage, count.STAGE)
+    meta_dir = run.stage(metadata.STAGE.name)
+    meta_url = metadata.entries_url(meta_dir)
     metadata_entries = None
     meta = None
-    if storage.exists(meta_url, opts):
-        meta = _read_table(meta_url, ["entry_id", "source"], opts, "metadata")
+    if storage.exists(meta_url):
+        meta = _read_table(meta_url, ["entry_id", "source"], storage, metadata.STAGE)
         metadata_entries = {("unknown" if v["values"] is None else v["values"]): int(v["counts"])
                             for v in pc.value_counts(meta.column("source")).to_pylist()}
     if has_source:
@@ -255,7 +216,7 @@ def load_run(run: str, storage_options: dict | None = None) -> RunData:
             f"{counts_url} has no 'source' column and {meta_url} is absent, so the per-source "
             f"breakdown cannot be made; re-run the count stage (it writes entry_id, entry, source, count)"
         )
-    kept = _read_table(kept_url, ["entry_id", "kept"], opts, "balance")
+    kept = _read_table(kept_url, ["entry_id", "kept"], storage, balance.STAGE)
     stats = EntryStats.build(
         counts.column("entry_id").to_numpy(zero_copy_only=False),
         pc.fill_null(counts.column("entry"), "").to_numpy(zero_copy_only=False),
@@ -264,17 +225,17 @@ def load_run(run: str, storage_options: dict | None = None) -> RunData:
         kept.column("entry_id").to_numpy(zero_copy_only=False),
         kept.column("kept").to_numpy(zero_copy_only=False),
     )
-    balance = storage.read_json(bal_url, opts)
-    sweep = _read_optional_json(sweep_url, opts)
-    t = balance.get("t")
+    sweep_url = balance.sweep_url(balance_dir)
+    sweep = storage.read_json(sweep_url) if storage.exists(sweep_url) else None
+    t = bal_summary.get("t")
     if t is None and sweep is not None:
         t = sweep.get("chosen_t")
     if not isinstance(t, (int, float)):
-        raise InputError(f"{bal_url} has no numeric 't'; re-run the balance stage")
+        raise InputError(f"{balance_dir.url}: the summary has no numeric 't'; re-run the balance stage")
     if sweep is not None and sweep.get("chosen_t") is None:
         sweep = dict(sweep, chosen_t=float(t))
-    log.debug("run %s: %d entries, t=%s, %d stages", run, len(stats.count), t, len(stages))
-    return RunData(run=run, stats=stats, t=float(t), balance=balance, sweep=sweep, stages=stages,
+    log.debug("run %s: %d entries, t=%s, %d stages", run.url, len(stats.count), t, len(stages))
+    return RunData(run=run.url, stats=stats, t=float(t), balance=bal_summary, sweep=sweep, stages=stages,
                    metadata_entries=metadata_entries)
 
 
@@ -671,19 +632,19 @@ def render_html(data: RunData, summary: dict[str, Any], plots: list[tuple[str, s
         _card("tail coverage", f"{100 * summary['tail_coverage']:.1f}%"),
         _card("matches in top 1% entries", f"{100 * summary['top_1pct_share']:.1f}%"),
     ]
-    # Every stage's summary.json in pipeline order; the later stages are announced when absent.
+    # Every stage's summary in pipeline order; the stages not run yet are announced.
     blocks = []
     present = {s.name: s for s in data.stages}
-    for name in [n for n in STAGE_ORDER if n in present or n in LATER_STAGES] + \
-            [s.name for s in data.stages if s.name not in STAGE_ORDER]:
+    for stage in STAGES:
+        name = stage.name
         st = present.get(name)
-        if name == "balance":
+        if name == balance.STAGE.name:
             continue  # its own section above
         if st is None or (st.summary is None and not st.done):
             blocks.append(f"<h3>{_e(name)}</h3><p class='na'>Not run yet — "
-                          f"<code>metacurate {_e(name.rstrip('s') if name == 'shards' else name)} --config run.yaml</code> produces it.</p>")
+                          f"<code>metacurate {_e(name)} --config run.yaml</code> produces it.</p>")
         elif st.summary is None:
-            blocks.append(f"<h3>{_e(name)}</h3><p class='na'>Done (_SUCCESS present) but no summary.json.</p>")
+            blocks.append(f"<h3>{_e(name)}</h3><p class='na'>Done (_SUCCESS present) but no summary.</p>")
         else:
             blocks.append(f"<h3>{_e(name)}</h3>" + _kv_table(st.summary, skip=("stage",)))
     figs = "".join(
@@ -710,11 +671,12 @@ def render_html(data: RunData, summary: dict[str, Any], plots: list[tuple[str, s
 """
 
 
-def write_report(run: str, out: str | None = None, storage_options: dict | None = None) -> str:
+def write_report(run: RunDir | str, out: str | None = None) -> str:
     """Write index.html, the PNGs and summary.json under ``out`` (default RUN/report); return index path."""
-    opts = storage.storage_options_from_env(storage_options)
-    data = load_run(run, opts)
-    out = (out or storage.join(data.run, "report")).rstrip("/")
+    run = as_run(run)
+    data = load_run(run)
+    storage = run.storage
+    out = (out or run.path("report")).rstrip("/")
     summary = data.summary()
     plots: list[tuple[str, str, str, Callable[[], bytes]]] = [
         ("counts_sorted", "counts_sorted.png",
@@ -742,11 +704,11 @@ def write_report(run: str, out: str | None = None, storage_options: dict | None 
                       "the chosen t is marked.",
                       lambda: plot_kept_vs_t(data, summary["kept_fraction_vs_t"])))
     else:
-        log.warning("%s absent: the kept-fraction-vs-t plot is skipped", storage.join(data.run, SWEEP_FILE))
+        log.warning("no t sweep in %s: the kept-fraction-vs-t plot is skipped", run.stage(balance.STAGE.name).url)
     written = []
     for name, fn, cap, make in plots:
         png = make()
-        storage.write_bytes_atomic(storage.join(out, fn), png, opts)
+        storage.write_bytes(join(out, fn), png)
         written.append((name, fn, cap))
         log.info("wrote %s (%d bytes)", fn, len(png))
     summary_doc = {
@@ -759,7 +721,7 @@ def write_report(run: str, out: str | None = None, storage_options: dict | None 
         "plots": [fn for _, fn, _ in written],
         **summary,
     }
-    storage.write_json_atomic(storage.join(out, "summary.json"), summary_doc, opts)
-    index = storage.join(out, "index.html")
-    storage.write_bytes_atomic(index, render_html(data, summary, written).encode("utf-8"), opts)
+    storage.write_json(join(out, "summary.json"), summary_doc)
+    index = join(out, "index.html")
+    storage.write_bytes(index, render_html(data, summary, written).encode("utf-8"))
     return index

@@ -27,16 +27,16 @@ log = logging.getLogger(__name__)
 PACKAGES = ("curation", "metadata", "jobs", "training", "eval")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: Environment of the Python workers (an existing value in the driver's environment wins).
-#: Page faults were a fifth of a match task's time (kernel time, measured with getrusage):
+#: Environment of the Python workers (an existing value in the driver's environment wins). Page
+#: faults are a large share of a match task's kernel time, and these keep memory in the process:
 #: * glibc returns every freed block above its dynamic mmap threshold to the kernel and trims the
-#:   heap past 128 KiB free, so each batch's numpy temporaries were faulted in anew; a fixed
-#:   32 MiB mmap threshold and a 256 MiB trim threshold keep that memory in the process;
-#: * numpy asks for transparent huge pages for arrays >= 4 MiB, and zeroing fresh 2 MiB pages made
-#:   a worker's first task 2.2 s instead of 1.3 s (huge pages buy nothing for streaming passes);
-#: * Arrow's default pool (mimalloc in pyarrow's wheels) gave fresh pages back between batches and
-#:   faulted them in again: with glibc's allocator (kept warm by the two thresholds above) a match
-#:   unit ran ~5% faster, and a worker's first unit 1.4 s instead of 2.1 s.
+#:   heap past 128 KiB free, so each batch's numpy temporaries would be faulted in anew; a fixed
+#:   32 MiB mmap threshold and a 256 MiB trim threshold keep that memory;
+#: * numpy asks for transparent huge pages for arrays >= 4 MiB, and zeroing fresh 2 MiB pages slows
+#:   a worker's first task (huge pages buy nothing for streaming passes);
+#: * Arrow's default pool (mimalloc in pyarrow's wheels) gives fresh pages back between batches;
+#:   glibc's allocator, kept warm by the two thresholds above, does not
+#:   (benchmarks/curate_scaling.py measures the effect).
 LOCAL_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 PYTHON_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
                      "NUMPY_MADVISE_HUGEPAGE": "0", "ARROW_DEFAULT_MEMORY_POOL": "system"}
@@ -113,14 +113,14 @@ def get_spark(master: str | None = None, app_name: str = "metacurate",
     for k, v in PYTHON_WORKER_ENV.items():
         builder = builder.config(f"spark.executorEnv.{k}", os.environ.get(k, v))
     if hasattr(socket, "AF_UNIX"):
-        # JVM <-> Python worker over a Unix socket: TCP on loopback cost ~30 ms of latency per task
-        # (small writes + delayed ACKs); with it an empty task costs ~25 ms instead of ~60 ms.
+        # JVM <-> Python worker over a Unix socket: on TCP loopback small writes meet delayed ACKs,
+        # which adds tens of milliseconds of latency to every task.
         builder = builder.config("spark.python.unix.domain.socket.enabled", "true")
     if master.startswith("local"):
         # In local mode the driver JVM is also the executor, sharing the machine's cores with the
-        # Python workers that do the real work. Its C2 JIT and G1 threads took ~2.4 CPU-s of a
-        # 10 s local[2] match stage; C1 only and the serial collector take ~1 (the JVM here only
-        # schedules tasks and moves small shuffles). Cluster executors keep the JVM defaults.
+        # Python workers that do the real work; its C2 JIT and G1 threads would take a good share
+        # of them, while here the JVM only schedules tasks and moves small shuffles, for which C1
+        # and the serial collector suffice. Cluster executors keep the JVM defaults.
         builder = builder.config("spark.driver.extraJavaOptions",
                                  os.environ.get("METACURATE_LOCAL_JAVA_OPTIONS", LOCAL_JAVA_OPTIONS))
         # Small shuffles on one machine: the default 200 partitions cost tens of seconds per job.

@@ -1,4 +1,4 @@
-"""Lint an entry list against MetaCLIP's matching rule (DESIGN §3), so the report says which
+"""Lint an entry list against MetaCLIP's matching rule (ARCHITECTURE.md, "Matching"), so the report says which
 entries are dead weight.
 
 Under parity normalisation an entry ``e`` matches when ``" " + e + " "`` occurs in the normalised

@@ -1,4 +1,4 @@
-"""Merge the sources into one entry list and write it atomically (DESIGN §2).
+"""Merge the sources into one entry list and write it (entries.parquet, metadata.json, _report.json).
 
 MetaCLIP's list is WordNet, then Wikipedia unigrams, bigrams and titles, with exact-string dedup
 (the first source that brings a string keeps it) and a cap per source. Its 500k list is
@@ -7,25 +7,20 @@ source contributes: we dedup first, then take the best ``cap`` of what is left.
 
 Determinism: inside a source candidates are ordered by score descending, then the string
 (Python's code-point order) ascending, so equal scores never depend on partitioning. Same
-inputs -> byte-identical ``entries.parquet``, ``metadata.json`` and ``report.json``.
+inputs -> byte-identical ``entries.parquet``, ``metadata.json`` and ``_report.json``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation.errors import InputError
+from curation.storage import Storage, join
 from metadata.lint import lint_entries
 
 log = logging.getLogger(__name__)
@@ -128,66 +123,13 @@ def _dumps(obj) -> bytes:
     return (json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
 
 
-def fingerprint(obj) -> str:
-    """A stable hash of a JSON-able description of the inputs and settings."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def _json_files(merged: Sequence[tuple[str, str, float | None]], report: dict, summary: dict) -> dict[str, bytes]:
-    return {
-        "metadata.json": _dumps([m[0] for m in merged]),
-        "report.json": _dumps(report),
-        "summary.json": _dumps(summary),
-    }
-
-
 def write_outputs(out_dir: str, merged: Sequence[tuple[str, str, float | None]], report: dict,
-                  summary: dict, config_fingerprint: str) -> None:
-    """Write ``entries.parquet``, ``metadata.json``, ``report.json``, ``summary.json``, ``_SUCCESS``.
+                  storage: Storage) -> None:
+    """Write ``entries.parquet``, ``metadata.json`` (the list, MetaCLIP's format) and ``_report.json``.
 
-    Local: everything goes into a hidden sibling temp dir that is renamed onto ``out_dir`` at the
-    end, so a crash never leaves a complete-looking folder. Object stores (``s3://`` …): files are
-    written in place with any old ``_SUCCESS`` removed first and the new one written last.
-    """
-    table = entries_table(merged)
-    success = _dumps({"stage": "metadata", "fingerprint": config_fingerprint})
-    if "://" in out_dir and not out_dir.startswith("file://"):
-        _write_remote(out_dir, table, _json_files(merged, report, summary), success)
-        return
-    out = Path(out_dir.removeprefix("file://"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
-        pq.write_table(table, tmp / "entries.parquet", compression="zstd")
-        for name, data in _json_files(merged, report, summary).items():
-            (tmp / name).write_bytes(data)
-        (tmp / "_SUCCESS").write_bytes(success)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "prev")
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("wrote %d entries to %s", len(merged), out)
-
-
-def _write_remote(out_dir: str, table: pa.Table, files: dict[str, bytes], success: bytes) -> None:
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(out_dir)
-    root = root.rstrip("/")
-    if fs.exists(f"{root}/_SUCCESS"):
-        fs.rm(f"{root}/_SUCCESS")
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root}/entries.parquet", "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-    for name, data in files.items():
-        with fs.open(f"{root}/{name}", "wb") as f:
-            f.write(data)
-    with fs.open(f"{root}/_SUCCESS", "wb") as f:
-        f.write(success)
+    Each file is written atomically; the folder counts as complete once the stage writes its
+    ``_SUCCESS`` marker after these (ARCHITECTURE.md, "The stage contract")."""
+    storage.write_parquet(entries_table(merged), join(out_dir, "entries.parquet"))
+    storage.write_bytes(join(out_dir, "metadata.json"), _dumps([m[0] for m in merged]))
+    storage.write_bytes(join(out_dir, "_report.json"), _dumps(report))
+    log.info("wrote %d entries to %s", len(merged), out_dir)

@@ -26,6 +26,7 @@ from typing import IO, Iterable, Iterator
 from urllib.parse import unquote
 
 from curation.errors import InputError
+from curation.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,10 @@ DEFAULT_MIN_LINE_VIEWS = 50
 DEFAULT_MIN_TOTAL_VIEWS = 70
 
 
-def _open_text(path: str) -> IO[str]:
-    import fsspec
-
+def _open_text(path: str, storage: Storage | None = None) -> IO[str]:
     try:
-        raw = fsspec.open(path, "rb").open()
+        fs, p = (storage or Storage.from_env()).fs(path)
+        raw = fs.open(p, "rb")
     except FileNotFoundError as exc:
         raise InputError(f"pageview file not found: {path}") from exc
     stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
@@ -73,14 +73,14 @@ def decode_title(title: str) -> tuple[str, bool]:
 
 
 def iter_kept_lines(path: str, project: str = DEFAULT_PROJECT, min_line_views: int = DEFAULT_MIN_LINE_VIEWS,
-                    stats: Counter | None = None) -> Iterator[tuple[str, int]]:
+                    stats: Counter | None = None, storage: Storage | None = None) -> Iterator[tuple[str, int]]:
     """``(decoded title, views)`` for the lines of one file that pass the per-line filters.
 
     ``stats`` (optional) counts lines whose title had a ``%``: ``percent_decoded``,
     ``undecodable`` (kept raw) and ``percent_literal`` (a ``%`` that is not an escape).
     """
     try:
-        with _open_text(path) as f:
+        with _open_text(path, storage) as f:
             for line_no, line in enumerate(f, 1):
                 rec = parse_line(line, path, line_no)
                 if rec is None:
@@ -103,11 +103,11 @@ def iter_kept_lines(path: str, project: str = DEFAULT_PROJECT, min_line_views: i
         raise InputError(f"{path}: cannot read this gzip file ({exc}); truncated download?") from exc
 
 
-def file_title_views(path: str, project: str = DEFAULT_PROJECT,
-                     min_line_views: int = DEFAULT_MIN_LINE_VIEWS, stats: Counter | None = None) -> Counter:
+def file_title_views(path: str, project: str = DEFAULT_PROJECT, min_line_views: int = DEFAULT_MIN_LINE_VIEWS,
+                     stats: Counter | None = None, storage: Storage | None = None) -> Counter:
     """Kept views per (decoded) title within one file."""
     totals: Counter = Counter()
-    for title, views in iter_kept_lines(path, project, min_line_views, stats):
+    for title, views in iter_kept_lines(path, project, min_line_views, stats, storage):
         totals[title] += views
     return totals
 

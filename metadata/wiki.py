@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import IO, Iterable, Iterator
 
 from curation.errors import InputError
+from curation.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -228,19 +229,22 @@ def page_from_element(elem: ET.Element, source: str) -> Page:
     return Page(title, ns, text, redirect)
 
 
-def _open_dump(path: str) -> IO[bytes]:
-    import fsspec
-
+def _open_raw(path: str, storage: Storage | None) -> IO[bytes]:
     try:
-        f = fsspec.open(path, "rb").open()
+        fs, p = (storage or Storage.from_env()).fs(path)
+        return fs.open(p, "rb")
     except FileNotFoundError as exc:
         raise InputError(f"Wikipedia dump not found: {path}") from exc
+
+
+def _open_dump(path: str, storage: Storage | None = None) -> IO[bytes]:
+    f = _open_raw(path, storage)
     return bz2.BZ2File(f) if path.endswith(".bz2") else f
 
 
-def iter_pages(path: str) -> Iterator[Page]:
+def iter_pages(path: str, storage: Storage | None = None) -> Iterator[Page]:
     """Stream every page of one dump file (``.xml`` or ``.xml.bz2``) with iterparse."""
-    f = _open_dump(path)
+    f = _open_dump(path, storage)
     try:
         context = ET.iterparse(f, events=("start", "end"))
         root = None
@@ -282,19 +286,15 @@ _STREAM_START = re.compile(rb"BZh[1-9]1AY&SY")
 _SCAN_CHUNK = 8 << 20
 
 
-def scan_stream_offsets(path: str, chunk_size: int = _SCAN_CHUNK) -> tuple[list[int], int]:
+def scan_stream_offsets(path: str, chunk_size: int = _SCAN_CHUNK, storage: Storage | None = None
+                        ) -> tuple[list[int], int]:
     """Byte offsets of every bz2 stream start in a file, and the file size (sequential scan).
 
     A stream starts byte-aligned with ``BZh<level>`` and the block magic ``1AY&SY``; a random
     10-byte match inside compressed data is ~2^-80 likely, and a false one would fail loudly in
     the executor's decompressor rather than be silently miscounted.
     """
-    import fsspec
-
-    try:
-        f = fsspec.open(path, "rb").open()
-    except FileNotFoundError as exc:
-        raise InputError(f"Wikipedia dump not found: {path}") from exc
+    f = _open_raw(path, storage)
     offsets: list[int] = []
     pos, tail = 0, b""
     with f:
@@ -315,11 +315,12 @@ def scan_stream_offsets(path: str, chunk_size: int = _SCAN_CHUNK) -> tuple[list[
     return offsets, pos
 
 
-def plan_units(path: str, target_bytes: int = 32 << 20) -> list[tuple[str, int, int]]:
+def plan_units(path: str, target_bytes: int = 32 << 20, storage: Storage | None = None
+               ) -> list[tuple[str, int, int]]:
     """Cut one ``.bz2`` dump into ``(path, start, end)`` units of about ``target_bytes`` compressed."""
     if not path.endswith(".bz2"):
         return [(path, 0, -1)]
-    offsets, size = scan_stream_offsets(path)
+    offsets, size = scan_stream_offsets(path, storage=storage)
     units, start = [], 0
     for off in offsets[1:]:
         if off - start >= target_bytes:
@@ -365,17 +366,12 @@ def _decompressed_chunks(f: IO[bytes], source: str, start: int, end: int,
         yield pos - len(pending), out
 
 
-def iter_unit_pages(path: str, start: int, end: int) -> Iterator[Page]:
+def iter_unit_pages(path: str, start: int, end: int, storage: Storage | None = None) -> Iterator[Page]:
     """Pages owned by one work unit ``[start, end)`` of a dump (see the module docstring)."""
-    import fsspec
-
     if end == -1:  # not splittable (plain .xml): the whole file is one unit
-        yield from iter_pages(path)
+        yield from iter_pages(path, storage)
         return
-    try:
-        f = fsspec.open(path, "rb").open()
-    except FileNotFoundError as exc:
-        raise InputError(f"Wikipedia dump not found: {path}") from exc
+    f = _open_raw(path, storage)
     with f:
         buf = b""
         owned_limit = None  # decompressed length owned by this unit, once known

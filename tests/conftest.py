@@ -95,3 +95,20 @@ def moto_aws_env(moto_endpoint, monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()
     yield env
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def curate(spark):
+    """``curate(pool, metadata, out, settings={"balance.t": 40, ...}, stages=None)``: run the curation
+    stages (metadata, match, count, balance by default; their incomplete upstream ones too) of a
+    config made from dotted settings; returns ``{stage: summary}``."""
+    from jobs.config import load_config
+    from jobs.stages import balance, count, match, metadata, run_stages
+
+    default = [metadata.STAGE.name, match.STAGE.name, count.STAGE.name, balance.STAGE.name]
+
+    def run(pool: str, meta: str, out: str, settings: dict | None = None, stages: list[str] | None = None) -> dict:
+        values = {"pool.path": pool, "metadata.path": meta, "run_dir": out, **(settings or {})}
+        return run_stages(load_config(None, values=values), stages or default, spark=spark)
+
+    return run

@@ -1,9 +1,10 @@
 """Train/test overlap audit page (audit/index.html).
 
-`metacurate audit RUN` audits a run's downloaded images against its eval hashes (k and the
-pHash path come from the dedup stage). `metacurate audit --shards 'X/{00000..00009}.tar'
---evalsets RUN --out DIR` audits any existing WebDataset shards. Paths may be local or `s3://`;
-`--config run.yaml` takes the S3 endpoint and keys from its `storage:` section (default: AWS_*).
+`metacurate audit RUN` audits a run's downloaded images against the eval hashes its dedup stage
+used (k and the pHash path come from that stage). `metacurate audit --shards 'X/{00000..00009}.tar'
+--evalsets DIR --out OUT` audits any existing WebDataset shards against an eval-hash folder
+(written by `metacurate evalsets hash`). Paths may be local or `s3://`; `--config run.yaml` takes
+the S3 endpoint and keys from its `storage:` section (default: the AWS_* variables).
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from curation.errors import InputError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", nargs="?", help="run directory to audit (writes RUN/audit/)")
-    parser.add_argument("--shards", help="shards to audit instead of a run: folder, glob or {a..b} pattern")
-    parser.add_argument("--evalsets", help="run dir (or eval_hashes.parquet) with the eval hashes, for --shards")
+    parser.add_argument("--shards", help="shards to audit instead of a run: folder, glob or {a..b} pattern "
+                                         "(several joined with ::)")
+    parser.add_argument("--evalsets", help="eval-hash folder (or one of its files), for --shards")
     parser.add_argument("--out", help="output folder (default RUN/audit)")
     parser.add_argument("-k", type=int, default=8, help="Hamming threshold for --shards (default 8)")
     parser.add_argument("--phash-mode", default="exact", choices=["exact", "fast"], help="for --shards")
@@ -25,18 +27,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.audit import audit_run, audit_shards
-    from jobs.config import storage_options_for
+    from curation.rundir import RunDir
+    from eval.audit import audit_hashes, audit_shards
+    from jobs.config import storage_for
+    from jobs.stages import dedup
 
-    options = storage_options_for(getattr(args, "config", None))
+    storage = storage_for(args.config)
     if args.shards:
         if not args.evalsets or not args.out:
-            raise InputError("--shards needs --evalsets RUN (where eval hashes are) and --out DIR")
-        summary = audit_shards(args.shards, args.evalsets, args.out, k=args.k, phash_mode=args.phash_mode,
-                               storage_options=options)
+            raise InputError("--shards needs --evalsets DIR (where the eval hashes are) and --out DIR")
+        summary = audit_shards(args.shards, args.evalsets, args.out, storage, k=args.k, phash_mode=args.phash_mode)
     elif args.run_dir:
-        summary = audit_run(args.run_dir, args.out, storage_options=options)
+        run = RunDir(args.run_dir, storage)
+        d = run.stage(dedup.STAGE.name, dedup.STAGE.dir_name())
+        if not d.is_complete():
+            raise InputError(f"{run.url} has no completed {dedup.STAGE.name} stage to audit: run "
+                             f"`metacurate {dedup.STAGE.name} --config run.yaml` (or `metacurate run`) first, or "
+                             "audit shards with --shards PATTERN --evalsets DIR --out DIR")
+        params = dedup.params(d)
+        summary = audit_hashes(dedup.hashes_url(d), dedup.eval_hashes_url(d), args.out or run.path("audit"),
+                               storage, k=int(params.get("k", 8)), phash_mode=params.get("phash_mode", "exact"),
+                               base=run.url)
     else:
-        raise InputError("give a run directory, or --shards PATTERN --evalsets RUN --out DIR")
+        raise InputError("give a run directory, or --shards PATTERN --evalsets DIR --out DIR")
     print(json.dumps({k: summary[k] for k in ("k", "phash_mode", "overlapping_pool_images", "pairs")}))
     return 0

@@ -46,7 +46,7 @@ def _metric(results: dict, path: tuple) -> float:
 
 
 def run(args) -> int:
-    from jobs.commands.quickstart import _Steps, curate_run, find_wordnet, prepare_world, train_and_eval
+    from jobs.commands.quickstart import _Steps, curate_run, find_wordnet, prepare_world, shard_sizes, train_and_eval
     from jobs.spark import get_spark
 
     out = os.path.abspath(args.out)
@@ -79,7 +79,7 @@ def run(args) -> int:
         for arm, run_dir in (("balanced", bal_dir), ("random", rnd_dir)):
             t0 = time.time()
             res = train_and_eval(run_dir, world, os.path.dirname(run_dir), steps=steps, seed=seed, overlap=False)
-            sizes = json.load(open(os.path.join(run_dir, "shards", "sizes.json")))
+            sizes = shard_sizes(run_dir)[1]
             row = {"seed": seed, "arm": arm, "train_samples": sum(sizes.values()), "seconds": time.time() - t0}
             for label, path in METRICS:
                 row[label] = _metric(res, path)

@@ -13,8 +13,8 @@ import argparse
 from typing import Any
 
 from curation.errors import InputError
-from jobs import storage
-from jobs.report import COUNTS_FILE, KEPT_FILE, BALANCE_SUMMARY_FILE, StageInfo, load_run, read_stages
+from curation.rundir import RunDir
+from jobs.report import StageInfo, load_run, read_stages
 
 WIDTH = 100
 
@@ -22,6 +22,7 @@ WIDTH = 100
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run directory (local path or s3://bucket/prefix)")
     parser.add_argument("--top", type=int, default=20, help="how many head entries to list (default 20)")
+    parser.add_argument("--config", "-c", help="run configuration (YAML) whose `storage:` section is used")
 
 
 def _n(x: Any) -> str:
@@ -93,25 +94,25 @@ def _time_lines(stages: list[StageInfo]) -> list[str]:
     return lines
 
 
-def format_inspect(run: str, top: int = 20, storage_options: dict | None = None) -> str:
+def format_inspect(run: RunDir | str, top: int = 20) -> str:
     """The whole terminal summary as one string (tested directly)."""
-    opts = storage.storage_options_from_env(storage_options)
-    run = run.rstrip("/")
-    stages = read_stages(run, opts)
-    out = [f"RUN {run}", "=" * min(WIDTH, max(20, len(run) + 4)), ""]
+    from jobs.report import as_run
+    from jobs.stages import balance, count
+
+    run = as_run(run)
+    stages = read_stages(run)
+    out = [f"RUN {run.url}", "=" * min(WIDTH, max(20, len(run.url) + 4)), ""]
     out += _stage_lines(stages)
     out += _time_lines(stages)
-    needed = [COUNTS_FILE, KEPT_FILE, BALANCE_SUMMARY_FILE]
-    missing = [f for f in needed if not storage.exists(storage.join(run, f), opts)]
+    done = {s.name for s in stages if s.done}
+    missing = [st.name for st in (count.STAGE, balance.STAGE) if st.name not in done]
     if missing:
-        stage = "count" if COUNTS_FILE in missing else "balance"
-        out += ["", f"Distribution: not available yet ({', '.join(missing)} missing); "
-                    f"run the '{stage}' stage."]
+        out += ["", f"Distribution: not available yet; run the '{missing[0]}' stage."]
         return "\n".join(out) + "\n"
-    index = storage.join(run, "report", "index.html")
-    out += ["", f"REPORT  {index}" if storage.exists(index, opts)
-            else f"REPORT  not written yet: metacurate report {run}"]
-    data = load_run(run, opts)
+    index = run.path("report", "index.html")
+    out += ["", f"REPORT  {index}" if run.storage.exists(index)
+            else f"REPORT  not written yet: metacurate report {run.url}"]
+    data = load_run(run)
     summ = data.summary(top_k=top)
     b = data.balance
     ht = summ["head_tail"]
@@ -140,14 +141,13 @@ def format_inspect(run: str, top: int = 20, storage_options: dict | None = None)
     for i, r in enumerate(summ["top_head"], 1):
         out.append(f"  {i:>3}  {_cut(r['entry'], 33):<34}{_cut(r['source'], 14):<15}{r['count']:>14,} -> "
                    f"{r['kept']:>10,}{100 * r['kept_fraction']:>11.2f}%")
-    for name in ("download", "dedup", "shards"):
-        st = next((s for s in stages if s.name == name), None)
-        if st is not None and st.summary:
+    for st in stages[[s.name for s in stages].index(balance.STAGE.name) + 1:]:
+        if st.summary:
             extra = {k: v for k, v in st.summary.items()
                      if k not in ("stage", "in", "out", "rejected") and not isinstance(v, (dict, list))}
             if extra:
                 items = [f"{k}={_n(v)}" for k, v in extra.items()]
-                out += ["", f"{name.upper()}"] + _wrap(items)
+                out += ["", f"{st.name.upper()}"] + _wrap(items)
     return "\n".join(out) + "\n"
 
 
@@ -166,5 +166,7 @@ def _wrap(items: list[str], indent: str = "  ") -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if args.top < 0:
         raise InputError("--top must be >= 0")
-    print(format_inspect(args.run, top=args.top), end="")
+    from jobs.config import storage_for
+
+    print(format_inspect(RunDir(args.run, storage_for(args.config)), top=args.top), end="")
     return 0

@@ -1,95 +1,90 @@
-"""Build the metadata entry list (WordNet + Wikipedia unigrams, bigrams, titles) on Spark, or
-import an existing metadata.json.
+"""The metadata stage's own actions: build or import an entry list into any folder.
 
+  metacurate metadata --config run.yaml          (the stage of a run: RUN/metadata/)
   metacurate metadata build --wordnet /usr/share/wordnet --wiki 'dumps/*pages-articles*.xml.bz2' \\
-      --pageviews 'pageviews/*.gz' --out RUN/metadata
-  metacurate metadata import metadata.json --out RUN/metadata
+      --pageviews 'pageviews/*.gz' --out DIR
+  metacurate metadata import metadata.json --out DIR
 
-Each source is optional (--wordnet alone builds a WordNet-only list). Outputs: entries.parquet
-(entry_id, entry, source, score), metadata.json (id = position), report.json (per-source counts
-before/after caps, lint findings, WordNet distinct-name count), summary.json, _SUCCESS.
+`build` and `import` write the same folder the stage writes in a run (entries.parquet,
+metadata.json, _report.json, _summary.json, _SUCCESS); point `metadata.path` (or `curate
+--metadata`) at it to use it. Each build source is optional (--wordnet alone builds a
+WordNet-only list); a folder already built from the same inputs and settings is not rebuilt.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 
 from curation.errors import InputError
 
-log = logging.getLogger(__name__)
+#: The build's settings as flags (names and help from the config fields of the metadata stage).
+BUILD_KEYS = ["metadata.wordnet", "metadata.wiki", "metadata.pageviews", "metadata.unigram_min_count",
+              "metadata.bigram_min_count", "metadata.bigram_min_pmi", "metadata.pageview_project",
+              "metadata.pageview_min_line_views", "metadata.pageview_min_total_views", "metadata.cap_unigram",
+              "metadata.cap_bigram", "metadata.cap_title", "metadata.unit_mb", "metadata.flush_keys"]
 
 
-def _cap(value: str) -> int | None:
-    if value.lower() in ("none", "inf", "-1"):
-        return None
-    n = int(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError("a cap is a count >= 0, or 'none'")
-    return n
+def add_actions(parser: argparse.ArgumentParser) -> None:
+    from curation.settings import add_flags
+    from jobs.config import RunConfig
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="metadata_command", metavar="{build,import}")
-    b = sub.add_parser("build", help="build from WordNet / Wikipedia dump / pageview files",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    b.add_argument("--wordnet", metavar="DIR", help="WordNet 3.0 dict folder (e.g. /usr/share/wordnet)")
-    b.add_argument("--wiki", metavar="DUMP", help="pages-articles*.xml.bz2 file/glob/folder, or a parquet of title,text")
-    b.add_argument("--pageviews", metavar="GLOB", help="pageview dump files, e.g. 'DIR/*.gz' (quote the glob)")
-    b.add_argument("--out", required=True, metavar="DIR", help="output folder (written atomically)")
-    b.add_argument("--master", default=None, help="Spark master (default local[*] or $METACURATE_MASTER)")
-    b.add_argument("--unigram-min-count", type=int, default=100)
-    b.add_argument("--bigram-min-count", type=int, default=5, help="pairs seen fewer times are ignored")
-    b.add_argument("--bigram-min-pmi", type=float, default=30.0, help="log2 PMI threshold")
-    b.add_argument("--pageview-project", default="en")
-    b.add_argument("--pageview-min-line-views", type=int, default=50)
-    b.add_argument("--pageview-min-total-views", type=int, default=70)
-    b.add_argument("--cap-unigram", type=_cap, default=251_465, help="max unigram entries ('none' = no cap)")
-    b.add_argument("--cap-bigram", type=_cap, default=100_646)
-    b.add_argument("--cap-title", type=_cap, default=61_235)
-    b.add_argument("--unit-mb", type=float, default=None, help="compressed MB per dump work unit (default: auto)")
-    b.add_argument("--force", action="store_true",
-                   help="rebuild even when --out already holds a build of the same inputs and settings")
+    sub = parser.add_subparsers(dest="action", metavar="{build,import}",
+                                title="actions (without one, the stage of the --config run runs)")
+    b = sub.add_parser("build", help="build an entry list from WordNet / Wikipedia dump / pageview files",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(b, RunConfig, BUILD_KEYS)
+    b.add_argument("--out", required=True, metavar="DIR", help="output folder (local or s3://)")
+    b.add_argument("--master", default=None, help="Spark master (default local[*])")
+    b.add_argument("--config", "-c", help="a run configuration whose `storage:` section applies")
+    b.add_argument("--force", action="store_true", help="rebuild even when DIR holds a build of the same "
+                                                        "inputs and settings")
     i = sub.add_parser("import", help="validate, lint and adopt an existing metadata.json")
     i.add_argument("metadata_json", metavar="metadata.json")
     i.add_argument("--out", required=True, metavar="DIR")
+    i.add_argument("--config", "-c", help="a run configuration whose `storage:` section applies")
 
 
-def _summary_line(report: dict) -> str:
-    per = ", ".join(f"{k} {v}" for k, v in report["entries_per_source"].items())
-    lint = report["lint"]
-    return (f"{report['entries']} entries ({per}); lint: {lint['never_match']} can never match, "
-            f"{json.dumps({k: v for k, v in lint['counts'].items() if v})}")
+def summary_line(summary: dict) -> str:
+    per = ", ".join(f"{k} {v}" for k, v in summary["entries_per_source"].items())
+    return (f"{summary['entries']} entries ({per}); lint: {summary['lint_never_match']} can never match, "
+            f"{summary['lint_duplicates']} duplicates")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.metadata_command == "import":
-        from metadata.importer import import_metadata
+def run_action(args: argparse.Namespace) -> int | None:
+    """``build`` / ``import``: the metadata stage run with its folder set to ``--out``; no action:
+    None (the stage runs from the config)."""
+    if not getattr(args, "action", None):
+        return None
+    from curation.rundir import RunDir, StageDir
+    from curation.settings import flag_values
+    from jobs.config import load_config, storage_for
+    from jobs.stages import metadata
+    from jobs.stages.base import StageContext, execute
 
-        report = import_metadata(args.metadata_json, args.out)
-        print(f"imported into {args.out}: {_summary_line(report)}")
-        return 0
-    if args.metadata_command != "build":
-        raise InputError("say what to do: `metacurate metadata build …` or `metacurate metadata import FILE --out DIR`")
-    from jobs.metadata_job import BuildConfig, build_metadata
+    storage = storage_for(args.config)
+    if args.action == "import":
+        values = {"metadata.path": args.metadata_json}
+    else:
+        values = flag_values(args, BUILD_KEYS)
+        if not any(values.get(k) for k in BUILD_KEYS[:3]):
+            raise InputError("give at least one source: --wordnet DIR, --wiki DUMP or --pageviews GLOB")
+    values["run_dir"] = args.out
+    if getattr(args, "master", None):
+        values["spark.master"] = args.master
+    cfg = load_config(None, values=values)
+    run = RunDir(args.out, storage)
+    out = StageDir(run.url, storage)
 
-    if not (args.wordnet or args.wiki or args.pageviews):
-        raise InputError("give at least one source: --wordnet DIR, --wiki DUMP or --pageviews GLOB")
-    cfg = BuildConfig(
-        unigram_min_count=args.unigram_min_count, bigram_min_count=args.bigram_min_count,
-        bigram_min_pmi=args.bigram_min_pmi, pageview_project=args.pageview_project,
-        pageview_min_line_views=args.pageview_min_line_views,
-        pageview_min_total_views=args.pageview_min_total_views,
-        caps={"wordnet": None, "unigram": args.cap_unigram, "bigram": args.cap_bigram, "title": args.cap_title},
-        unit_mb=args.unit_mb,
-    )
-    spark = None
-    if args.wiki or args.pageviews:
+    def spark():
         from jobs.spark import get_spark
 
-        spark = get_spark(args.master, "metacurate-metadata")
-    report = build_metadata(spark, args.out, args.wordnet, args.wiki, args.pageviews, cfg, force=args.force)
-    print(f"wrote {args.out}: {_summary_line(report)}")
-    if "wordnet" in report:
-        print(f"WordNet: {report['wordnet']['synsets']} synsets, {report['wordnet']['distinct_names']} distinct names")
+        return get_spark(cfg.spark.master, "metacurate-metadata")
+
+    ctx = StageContext(cfg=cfg, run=run, spark_factory=spark)
+    metadata.STAGE.check(ctx)
+    summary = execute(metadata.STAGE, ctx, out=out, force=getattr(args, "force", False))
+    print(f"wrote {args.out}: {summary_line(summary)}")
+    if "wordnet_synsets" in summary:
+        print(f"WordNet: {summary['wordnet_synsets']} synsets, {summary['wordnet_distinct_names']} distinct names")
+    print(json.dumps({k: summary[k] for k in ("in", "out", "rejected")}))
     return 0

@@ -168,15 +168,27 @@ def curate_run(world: dict, run_dir: str, *, t: float | None, seed: int, master:
                 f"dedup: {{evalsets: {world['evalsets']}, k: 8}}\n"
                 f"shard: {{samples_per_shard: 250}}\nspark: {{master: '{master}'}}\n")
     _cli("run", "--config", config_path)
-    return json.load(open(os.path.join(run_dir, "balance", "summary.json")))
+    from curation.rundir import RunDir
+    from jobs.stages import balance
+
+    return RunDir(run_dir).stage(balance.STAGE.name).summary()
+
+
+def shard_sizes(run_dir: str) -> tuple[str, dict[str, int]]:
+    """The shard stage's folder in a run and its ``sizes.json`` (open_clip's format)."""
+    from curation.rundir import RunDir
+    from jobs.stages import shard
+
+    d = RunDir(run_dir).stage(shard.STAGE.name, shard.STAGE.dir_name())
+    return d.url, d.storage.read_json(shard.sizes_url(d))
 
 
 def shard_pattern(run_dir: str) -> str:
-    shards = json.load(open(os.path.join(run_dir, "shards", "sizes.json")))
-    names = sorted(k.rsplit(".", 1)[0] for k in shards)
+    folder, sizes = shard_sizes(run_dir)
+    names = sorted(k.rsplit(".", 1)[0] for k in sizes)
     if len(names) == 1:
-        return os.path.join(run_dir, "shards", names[0] + ".tar")
-    return os.path.join(run_dir, "shards", "{" + ",".join(names) + "}.tar")
+        return os.path.join(folder, names[0] + ".tar")
+    return os.path.join(folder, "{" + ",".join(names) + "}.tar")
 
 
 def train_and_eval(run_dir: str, world: dict, out: str, *, steps: int, seed: int, overlap: bool = True) -> dict:

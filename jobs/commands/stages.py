@@ -1,11 +1,12 @@
 """Run pipeline stages from a config file.
 
   metacurate run --config run.yaml [--set balance.t=5000 ...] [--master spark://host:7077]
-  metacurate match --config run.yaml          (one stage; likewise count, balance, download, ...)
+  metacurate match --config run.yaml          (one stage; likewise every stage of `metacurate --help`)
 
-The config is YAML (see the README's config reference); `--set key=value` overrides any key
-(values parsed as YAML). Stages whose `_SUCCESS` fingerprint matches the config and inputs are
-skipped; an interrupted stage resumes without duplicates or holes.
+The config is YAML (see the README's configuration reference); `--set key=value` overrides any key
+(values parsed as YAML). A stage whose `_SUCCESS` fingerprint matches the config and its inputs is
+skipped; an interrupted stage resumes without duplicates or holes. `run` also runs the incomplete
+upstream stages the configured ones need; a single stage needs its upstream complete.
 """
 from __future__ import annotations
 
@@ -24,48 +25,67 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_arguments_for(name: str, p: argparse.ArgumentParser) -> None:
     add_arguments(p)
-    if name == "download":
-        p.add_argument("--retry-failed", metavar="RUN", default=None,
-                       help="re-try only the samples that failed in RUN's download and merge them in "
-                            "(uses RUN/config.json unless --config is given)")
+    actions = _actions(name)
+    if actions is not None:
+        actions.add_actions(p)
 
 
-def run(args) -> int:
-    from jobs import storage
-    from jobs.commands.curate import print_summary
-    from jobs.pipeline import config_snapshot, run_pipeline
+def _actions(name: str):
+    """The stage's own CLI module, if it has one (``Stage.cli_actions``)."""
+    if name == "run":
+        return None
+    import importlib
 
+    from jobs.stages import get
+
+    module = get(name).cli_actions
+    return importlib.import_module(module) if module else None
+
+
+def config_from(args) -> object:
     overrides = list(args.overrides)
     if args.master:
         overrides.append(f"spark.master={args.master}")
-    retry_run = getattr(args, "retry_failed", None)
-    if retry_run:
-        return _retry_failed(retry_run, args.config, overrides)
-    cfg = load_config(args.config, overrides)
-    storage.write_json_atomic(storage.join(cfg.run_dir, "config.json"), config_snapshot(cfg),
-                              cfg.storage.options())
-    stages = None if args.command == "run" else [args.command]
-    summaries = run_pipeline(cfg, stages)
-    print_summary(summaries)
+    return load_config(args.config, overrides)
+
+
+def run(args) -> int:
+    actions = _actions(args.command)
+    if actions is not None:
+        rc = actions.run_action(args)
+        if rc is not None:
+            return rc
+    cfg = config_from(args)
+    summaries = run_and_record(cfg, None if args.command == "run" else [args.command],
+                               add_upstream=args.command == "run")
+    print_summaries(summaries)
+    return 0
+
+
+def run_and_record(cfg, stages: list[str] | None, *, add_upstream: bool = True, spark=None) -> dict:
+    """Write ``RUN/config.json`` (secrets masked), then run the stages."""
+    from jobs.config import run_dir_of, snapshot
+    from jobs.stages import run_stages
+
+    run = run_dir_of(cfg)
+    run.storage.write_json(run.path("config.json"), snapshot(cfg))
+    return run_stages(cfg, stages, add_upstream=add_upstream, spark=spark)
+
+
+def print_summaries(summaries: dict) -> None:
+    """One line per stage: rows in, out and rejected by reason, plus the balance figures."""
     for name, s in summaries.items():
-        if name not in ("match", "count", "balance"):
-            print(f"{name + ':':<8} in={s.get('in'):,} out={s.get('out'):,} rejected={json.dumps(s.get('rejected'))}")
-    return 0
+        rejected = ", ".join(f"{k}={v:,}" for k, v in s.get("rejected", {}).items()) or "none"
+        print(f"{name + ':':<10} in={s.get('in', 0):,} out={s.get('out', 0):,} rejected: {rejected}")
+        if "t" in s and "kept" in s:
+            if s.get("mode") == "random":
+                print(f"{name}: random subset (control arm) seed={s['seed']}: kept {s['kept']:,} of "
+                      f"{s['matched']:,} matched rows (target {s['target_size']:,})")
+            else:
+                print(f"{name}: t={s['t']:g} seed={s['seed']}: kept {s['kept']:,} of {s['matched']:,} matched "
+                      f"rows (expected {s['expected_kept']:,.1f}); head entries {s['head_entries']:,}, "
+                      f"tail entries {s['tail_entries']:,}")
 
 
-def _retry_failed(run_dir: str, config: str | None, overrides: list[str]) -> int:
-    from jobs import image_stages, storage
-    from jobs.pipeline import curate_params
-    from jobs.spark import get_spark
-
-    if config:
-        cfg = load_config(config, overrides + [f"run_dir={run_dir}"])
-    else:
-        snap = storage.read_json(storage.join(run_dir, "config.json"), storage.storage_options_from_env())
-        snap["storage"] = {k: (None if v == "***" else v) for k, v in snap.get("storage", {}).items()}
-        cfg = load_config(None, overrides, base=snap)
-    spark = get_spark(cfg.spark.master, conf=cfg.spark.conf)
-    s = image_stages.run(spark, cfg, curate_params(cfg), "download", retry_failed=True)
-    print(f"download (retry): in={s['in']:,} out={s['out']:,} rejected={json.dumps(s['rejected'])}")
-    print("re-run `metacurate run` to redo dedup and shard with the new samples")
-    return 0
+def print_json(s: dict) -> None:
+    print(json.dumps(s, indent=1, sort_keys=True))

@@ -1,4 +1,4 @@
-"""MetaCLIP parity of ``curation.matching`` against a deliberately naive reference (DESIGN §3).
+"""MetaCLIP parity of ``curation.matching`` against a deliberately naive reference (ARCHITECTURE.md, "Matching").
 
 The strategies and the naive reference here are also used by ``test_fastmatch.py`` (loaded by
 path), so both matchers are held to the same independent definition.

@@ -46,10 +46,10 @@ def test_quickstart_outputs(quickstart):
                           ("download", "download"), ("dedup", "dedup"), ("shard", "shards")):
         success = json.loads((run / folder / "_SUCCESS").read_text())
         assert success["stage"] == stage and success["fingerprint"]
-        s = json.loads((run / folder / "summary.json").read_text())
+        s = json.loads((run / folder / "_summary.json").read_text())
         assert s["in"] == s["out"] + sum(s["rejected"].values()), (stage, s)
     # the chain reconciles: each stage's input is the previous stage's output
-    summ = {f: json.loads((run / f / "summary.json").read_text()) for f in ("match", "balance", "download", "dedup", "shards")}
+    summ = {f: json.loads((run / f / "_summary.json").read_text()) for f in ("match", "balance", "download", "dedup", "shards")}
     assert summ["balance"]["in"] == summ["match"]["out"]
     assert summ["download"]["in"] == summ["balance"]["out"]
     assert summ["dedup"]["in"] == summ["download"]["out"]
@@ -105,3 +105,43 @@ def test_readme_task_commands_run(quickstart, index):
                           text=True, timeout=900)
     assert proc.returncode == 0, f"README block failed:\n{block}\n--- stdout\n{proc.stdout[-2000:]}\n" \
                                  f"--- stderr\n{proc.stderr[-3000:]}"
+
+
+def _datasets(run: Path) -> list[tuple[str, int | None]]:
+    """Every data folder (or file) of a finished run with the row count its stage's summary claims
+    (None: no summary figure to compare with, the folder is only read)."""
+    summ = {p.parent.name: json.loads(p.read_text()) for p in run.glob("*/_summary.json")}
+    out = [("match", summ["match"]["out"]), ("count", summ["count"]["entries_matched"]),
+           ("balance", summ["balance"]["out"]), ("metadata/entries.parquet", summ["metadata"]["out"]),
+           ("dedup/hashes", summ["dedup"]["in"]), ("dedup/overlap", summ["dedup"]["overlap_pairs"]),
+           ("dedup/eval_hashes", None), ("shards/manifest.parquet", summ["shards"]["out"])]
+    folders = {"shard": "shards"}
+    for rej in sorted((run / "rejects").iterdir()):
+        stage_summary = summ[folders.get(rej.name, rej.name)]
+        out.append((f"rejects/{rej.name}", sum(stage_summary["rejected"].values())))
+    return out
+
+
+def test_every_data_folder_reads_with_standard_tools(quickstart, spark):
+    """pandas, pyarrow, Spark and DuckDB read every data folder of a finished run with no options,
+    and the rows they see are the rows the summaries claim."""
+    import duckdb
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    run = quickstart[0] / "runs" / "quickstart" / "run"
+    datasets = _datasets(run)
+    assert {name.split("/")[1] for name, _ in datasets if name.startswith("rejects/")} >= {
+        "match", "balance", "download", "dedup", "shard"}
+    for name, want in datasets:
+        path = run / name
+        glob_path = str(path / "*.parquet") if path.is_dir() else str(path)
+        counts = {
+            "pandas": len(pd.read_parquet(path)),
+            "pyarrow": ds.dataset(str(path)).count_rows(),
+            "spark": spark.read.parquet(str(path)).count(),
+            "duckdb": duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob_path}')").fetchone()[0],
+        }
+        assert len(set(counts.values())) == 1, (name, counts)
+        if want is not None:
+            assert counts["pandas"] == want, (name, counts, want)

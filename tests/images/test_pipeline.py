@@ -59,8 +59,8 @@ def run(tmp_path_factory, http_server, natural, huge_png_header):
                   "text": [f"a photo {i}" for i in range(len(paths))],
                   "entry_ids": pa.array([[i % 3, 5] for i in range(len(paths))], pa.list_(pa.int32())),
                   "p_keep": [0.25] * len(paths)})
-    pq.write_table(t, bal / "part-00000.parquet")
-    pq.write_table(pa.table({"entry_id": pa.array([1], pa.int32()), "kept": [3]}), bal / "kept_counts.parquet")
+    pq.write_table(t, bal / "part-000000.parquet")
+    _complete(root, "balance", {"in": len(paths), "out": len(paths), "rejected": {}})
     (root / "metadata").mkdir()
     pq.write_table(pa.table({"entry_id": pa.array(range(6), pa.int32()), "entry": [f"e{i}" for i in range(6)]}),
                    root / "metadata" / "entries.parquet")
@@ -68,14 +68,40 @@ def run(tmp_path_factory, http_server, natural, huge_png_header):
             "evals": root / "evalimgs", "server": http_server, "later_body": routes["/ok2.jpg"][1]}
 
 
+def _complete(root, name, summary):
+    """Mark an upstream stage complete, as if it had run (these tests start at download)."""
+    from curation.rundir import RunDir
+
+    d = RunDir(str(root)).stage(name)
+    d.storage.makedirs(d.url)
+    d.write_summary(summary)
+    d.write_success(f"test-{name}")
+
+
+def _config(root, **values):
+    from jobs.config import load_config
+
+    base = {"run_dir": str(root), "download.image_size": 96, "download.resize_mode": "center_crop",
+            "download.processes": 1, "download.threads": 8, "download.timeout": 2, "download.min_image_size": 32,
+            "download.samples_per_shard": 8, "dedup.k": 8, "shard.samples_per_shard": 5}
+    return load_config(None, values={**base, **values})
+
+
 def test_download_dedup_shard_audit(run, spark):
-    from eval.audit import audit_run
-    from jobs.images import dedup_stage, download_stage, hash_evalset, shard_stage
+    from curation.evalsets import hash_evalset
+    from curation.rundir import RunDir
+    from curation.storage import Storage
+    from jobs.cli import main
+    from jobs.stages import download, run_stages
+    from jobs.stages.base import StageContext
 
     root = run["root"]
-    kw = dict(image_size=96, resize_mode="center_crop", processes=1, threads=8, timeout=2, min_image_size=32,
-              samples_per_shard=8)
-    s = download_stage(str(root / "balance"), str(root / "download"), str(root / "rejects/download"), **kw)
+    cfg = _config(root)
+
+    def stage(name):
+        return run_stages(cfg, [name], spark=spark, add_upstream=False)[name]
+
+    s = stage("download")
     assert s["in"] == len(run["expect"]) == s["out"] + sum(s["rejected"].values())
     rej = pq.read_table(root / "rejects/download").to_pylist()
     got = {r["uid"]: r["reason"] for r in rej}
@@ -84,36 +110,35 @@ def test_download_dedup_shard_audit(run, spark):
     assert all(r["stage"] == "download" and r["detail"] for r in rej)
     n_ok = s["out"]
 
-    # the server now serves the image that 404'd; retry only the failed ones, this time with
-    # img2dataset's pyspark distributor on the test session
-    (root / "download" / "summary.json").write_text("{}")  # what the stage framework leaves there
+    # the server now serves the image that 404'd; retry only the failed ones
     run["server"].routes["/later.jpg"] = (200, run["later_body"], 0.0)
-    s2 = download_stage(str(root / "balance"), str(root / "download"), str(root / "rejects/download"),
-                        retry_failed=True, spark=spark, **kw)
+    before = json.loads((root / "download" / "_SUCCESS").read_text())
+    s2 = download.STAGE.retry_failed(StageContext(cfg=cfg, run=RunDir(str(root))))
     assert s2["out"] == n_ok + 1 and s2["in"] == s["in"]
     assert "uid-later" not in set(pq.read_table(root / "rejects/download").column("uid").to_pylist())
-    assert s2["rejected"] == {r: n - (r == "http_404") for r, n in s["rejected"].items()}
+    assert s2["rejected"] == {r: n - (r == "http_404") for r, n in s["rejected"].items() if n - (r == "http_404")}
     assert len(list((root / "download").glob("*.tar"))) == 5  # 4 shards + 1 shard of retries
+    after = json.loads((root / "download" / "_SUCCESS").read_text())
+    assert after["retry"] == 1 and after["fingerprint"] == before["fingerprint"] != after["output_id"]
+    assert json.loads((root / "download" / "_summary.json").read_text())["out"] == s2["out"]
 
-    h = hash_evalset("toy-eval", str(run["evals"]), str(root / "dedup"))
+    h = hash_evalset("toy-eval", str(run["evals"]), str(root / "evalsets"), Storage())
     assert h["hashed"] == 4
-    d = dedup_stage(spark, str(root / "download"), str(root / "dedup"), str(root / "dedup"),
-                    str(root / "rejects/dedup"), k=8)
+    d = stage("dedup")
     assert d["in"] == s2["out"] and d["rejected"] == {"eval_overlap": 3}
-    overlap = pq.read_table(root / "dedup/overlap.parquet").to_pylist()
+    overlap = pq.read_table(root / "dedup/overlap").to_pylist()
     assert {r["uid"] for r in overlap} == {"uid-planted0", "uid-planted1", "uid-planted2"}
-    assert all(r["dataset"] == "toy-eval" for r in overlap)
+    assert all(r["dataset"] == "toy-eval" and r["tar"].startswith("download/") for r in overlap)
     # Spark search == brute force over the same hashes
     hashes = pq.read_table(root / "dedup/hashes")
-    evals = pq.read_table(root / "dedup/eval_hashes.parquet")
+    evals = pq.read_table(root / "dedup/eval_hashes")
     q, e, dist = brute_force_pairs(hashes.column("phash").to_numpy(), evals.column("phash").to_numpy(), 8)
     bf = {(hashes.column("uid")[int(i)].as_py(), evals.column("key")[int(j)].as_py(), int(x)) for i, j, x in zip(q, e, dist)}
     assert bf == {(r["uid"], r["key"], r["hamming"]) for r in overlap}
     drej = pq.read_table(root / "rejects/dedup").to_pylist()
     assert all(r["reason"] == "eval_overlap" and "dataset=toy-eval" in r["detail"] for r in drej)
 
-    sh = shard_stage(str(root / "download"), str(root / "dedup"), str(root / "shards"), str(root / "rejects/shard"),
-                     samples_per_shard=5)
+    sh = stage("shard")
     assert sh["out"] == d["out"] == s2["out"] - 3
     import webdataset as wds
     sizes = json.loads((root / "shards/sizes.json").read_text())
@@ -126,7 +151,8 @@ def test_download_dedup_shard_audit(run, spark):
     assert isinstance(samples[0]["jpg"], Image.Image) and samples[0]["jpg"].size == (96, 96)
     assert not {m["json"]["uid"] for m in samples} & {"uid-planted0", "uid-planted1", "uid-planted2"}
 
-    a = audit_run(str(root))
+    assert main(["audit", str(root)]) == 0
+    a = json.loads((root / "audit/audit.json").read_text())
     page = (root / "audit/index.html").read_text()
     assert a["overlapping_pool_images"] == 3 and a["per_dataset"]["toy-eval"]["pool_images"] == 3
     assert "k_sweep.png" in page and page.count("data:image/jpeg;base64,") == 2 * a["pairs"]
@@ -142,7 +168,7 @@ def test_cli_evalsets_and_audit_shards(run, tmp_path):
         pytest.skip("needs the pipeline test's run")
     out = tmp_path / "run2"
     assert main(["evalsets", "hash", "--name", "toy-eval", "--images", str(run["evals"]), "--out", str(out)]) == 0
-    assert pq.read_table(out / "dedup/eval_hashes.parquet").num_rows == 4
+    assert pq.read_table(out / "toy-eval.parquet").num_rows == 4
     # the download tars still hold the planted images: an audit of them finds the 3 overlaps
     rc = main(["audit", "--shards", str(root / "download" / "{00000..00003}.tar"), "--evalsets", str(out),
                "--out", str(tmp_path / "aud")])

@@ -36,22 +36,26 @@ def moto_opts(moto_endpoint, monkeypatch):
 
     for var in [v for v in os.environ if v.startswith("AWS_") or v == "S3_ENDPOINT_URL"]:
         monkeypatch.delenv(var)
-    cfg = load_config(None, ["run_dir=s3://imgs3/run", "pool.path=s3://imgs3/pool", "metadata.path=s3://imgs3/m.json",
-                             f"storage.endpoint_url={moto_endpoint}",
-                             "storage.key=testing", "storage.secret=testing"])
-    opts = cfg.storage.options()
+    cfg = load_config(None, ["run_dir=s3://imgs3/run", f"storage.endpoint_url={moto_endpoint}",
+                             "storage.key=testing", "storage.secret=testing", "download.image_size=64",
+                             "download.processes=1", "download.threads=4", "download.timeout=3",
+                             "download.samples_per_shard=4", "dedup.k=8", "shard.samples_per_shard=3"])
     import s3fs
 
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **cfg.storage.storage().options)
     fs.mkdir("imgs3")
-    return opts, fs
+    return cfg, fs
 
 
 def test_image_stages_on_s3_with_config_storage_options(moto_opts, http_server, natural, spark, tmp_path):
+    from curation.evalsets import hash_evalset
     from curation.shards import read_tar_samples
-    from jobs.images import dedup_stage, download_stage, hash_evalset, shard_stage
+    from jobs.config import run_dir_of
+    from jobs.stages import run_stages
 
-    opts, fs = moto_opts
+    cfg, fs = moto_opts
+    storage = cfg.storage.storage()
+    opts = storage.options
     assert not [v for v in os.environ if v.startswith("AWS_")]
     rng = np.random.default_rng(5)
     evals = [natural(rng, 300, 300) for _ in range(2)]
@@ -68,34 +72,37 @@ def test_image_stages_on_s3_with_config_storage_options(moto_opts, http_server, 
                                "url": [http_server.url(p) for p in paths],
                                "text": [f"caption {p}" for p in paths],
                                "entry_ids": pa.array([[1, 2]] * len(paths), pa.list_(pa.int32())),
-                               "p_keep": [0.5] * len(paths)}), "imgs3/run/balance/part-00000.parquet")
+                               "p_keep": [0.5] * len(paths)}), "imgs3/run/balance/part-000000.parquet")
+    bal = run_dir_of(cfg).stage("balance")  # marked complete, as if it had run
+    bal.write_summary({"in": len(paths), "out": len(paths), "rejected": {}})
+    bal.write_success("test-balance")
     _put_parquet(fs, pa.table({"entry_id": pa.array([1, 2], pa.int32()), "entry": ["one", "two"]}),
                  "imgs3/run/metadata/entries.parquet")
 
-    s = download_stage(f"{run}/balance", f"{run}/download", f"{run}/rejects/download", image_size=64,
-                       processes=1, threads=4, timeout=3, samples_per_shard=4, storage_options=opts)
+    def stage(name):
+        return run_stages(cfg, [name], spark=spark, add_upstream=False)[name]
+
+    s = stage("download")
     assert s["in"] == 7 and s["out"] == 6 and s["rejected"] == {"http_404": 1}
     fs.invalidate_cache()
     assert fs.glob("imgs3/run/download/*.tar") and fs.glob("imgs3/run/download/_input/*.parquet")
     rej = pq.read_table(io.BytesIO(fs.cat_file("imgs3/run/rejects/download/part-00000.parquet"))).to_pylist()
     assert [(r["uid"], r["reason"]) for r in rej] == [("s3missing", "http_404")]
 
-    h = hash_evalset("toy", "s3://imgs3/evalimgs", f"{run}/dedup", storage_options=opts)
+    h = hash_evalset("toy", "s3://imgs3/evalimgs", f"{run}/evalsets", storage)
     assert h["hashed"] == 2
-    d = dedup_stage(spark, f"{run}/download", f"{run}/dedup", f"{run}/dedup", f"{run}/rejects/dedup",
-                    k=8, storage_options=opts)
+    d = stage("dedup")
     assert d["in"] == 6 and d["rejected"] == {"eval_overlap": 1}
     fs.invalidate_cache()
-    overlap = pq.read_table(io.BytesIO(fs.cat_file("imgs3/run/dedup/overlap.parquet"))).to_pylist()
+    overlap = storage.read_parquet(f"{run}/dedup/overlap").to_pylist()
     assert [r["uid"] for r in overlap] == ["s3planted"]
 
-    sh = shard_stage(f"{run}/download", f"{run}/dedup", f"{run}/shards", f"{run}/rejects/shard",
-                     samples_per_shard=3, storage_options=opts)
+    sh = stage("shard")
     assert sh["out"] == 5
     fs.invalidate_cache()
     sizes = json.loads(fs.cat_file("imgs3/run/shards/sizes.json"))
     assert sizes == {"000000.tar": 3, "000001.tar": 2}
-    got = [json.loads(x["json"]) for x in read_tar_samples(f"{run}/shards/000000.tar", storage_options=opts)]
+    got = [json.loads(x["json"]) for x in read_tar_samples(f"{run}/shards/000000.tar", storage)]
     assert len(got) == 3 and all(g["entries"] == ["one", "two"] and len(g["phash"]) == 16 for g in got)
     assert "s3planted" not in {g["uid"] for g in got}
 
@@ -118,7 +125,7 @@ def test_image_stages_on_s3_with_config_storage_options(moto_opts, http_server, 
     page = fs.cat_file("imgs3/run/audit/index.html").decode()
     assert "s3planted" in page and page.count("src='data:image/jpeg;base64,") == 2  # both thumbnails loaded
     assert fs.cat_file("imgs3/run/audit/k_sweep.png")[:4] == b"\x89PNG"
-    assert main(["audit", "--shards", f"{run}/download", "--evalsets", run, "--out", f"{run}/audit2",
+    assert main(["audit", "--shards", f"{run}/download", "--evalsets", f"{run}/evalsets", "--out", f"{run}/audit2",
                  "-c", str(cfg)]) == 0
     fs.invalidate_cache()
     assert json.loads(fs.cat_file("imgs3/run/audit2/audit.json"))["overlapping_pool_images"] == 1

@@ -371,9 +371,9 @@ def test_spark_submit_driver_with_py_files(tmp_path):
            "--out", str(out), "--t", "50", "--seed", "3"]
     r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"spark-submit failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
-    for stage in ("match", "count", "balance"):
+    for stage in ("metadata", "match", "count", "balance"):
         assert (out / stage / "_SUCCESS").exists(), f"{stage}/_SUCCESS missing"
-    summary = json.loads((out / "balance" / "summary.json").read_text())
+    summary = json.loads((out / "balance" / "_summary.json").read_text())
     assert summary["reconciled"] and summary["in"] == summary["out"] + sum(summary["rejected"].values())
     assert summary["t"] == 50 and summary["seed"] == 3 and summary["pool"] == 400
     assert "balance: t=50 seed=3" in r.stdout  # the CLI's own summary, printed by the driver

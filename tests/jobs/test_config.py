@@ -28,6 +28,10 @@ def test_target_size_replaces_t():
     ("pool.max_text_bytes=1.5", r"`pool.max_text_bytes` must be int"),
     ("download=3", r"`download` must be a mapping"),
     ("stages=[match, bogus]", r"unknown stage 'bogus'"),
+    ("balance.sweep_points=-1", r"`balance.sweep_points` must be >= 1"),
+    ("pool.rows_per_unit=0", r"`pool.rows_per_unit` must be >= 1"),
+    ("balance.t=.inf", r"`balance.t` must be a finite number"),
+    ("pool.on_bad_file=ignore", r"`pool.on_bad_file` must be one of 'fail', 'skip'"),
     ("dedup.phash_mode=slow", r"phash_mode"),
 ])
 def test_bad_values_name_the_key(override, message):

@@ -12,9 +12,10 @@ import pytest
 from curation.balancing import uid_from_url
 from curation.errors import InputError
 from curation.matching import Matcher
+from curation.rundir import RunDir
 from jobs.commands.inspect import format_inspect
-from jobs.curate import CurateParams, run_curate
 from jobs.demo import make_demo_pool
+from jobs.stages import match as match_stage
 
 
 def _read_dir(path):
@@ -33,9 +34,9 @@ def demo(tmp_path_factory):
     return make_demo_pool(str(root), n_rows=3000, seed=1, n_files=3)
 
 
-def test_outputs_formats_and_reconciliation(spark, demo, tmp_path):
+def test_outputs_formats_and_reconciliation(curate, demo, tmp_path):
     run = str(tmp_path / "run")
-    s = run_curate(spark, CurateParams(pool=demo["pool"], metadata=demo["metadata"], out=run, t=50, seed=0))
+    s = curate(demo["pool"], demo["metadata"], run, {"balance.t": 50, "balance.seed": 0})
     entries = json.load(open(demo["metadata"]))
     matcher = Matcher(entries)
     match = _read_dir(os.path.join(run, "match"))
@@ -60,20 +61,20 @@ def test_outputs_formats_and_reconciliation(spark, demo, tmp_path):
     out = _rejects(run, "balance")
     assert kept.num_rows + out.num_rows == match.num_rows
     assert set(out.column("reason").to_pylist()) <= {"balanced_out"}
-    summary = json.load(open(os.path.join(run, "balance", "summary.json")))
+    summary = json.load(open(os.path.join(run, "balance", "_summary.json")))
     assert summary["kept"] == kept.num_rows and summary["t"] == 50
     sigma = np.sqrt((kept.column("p_keep").to_numpy() * 0 + 0.25).sum() + 1)
     assert abs(summary["kept"] - summary["expected_kept"]) < 5 * max(sigma, 1) + 50
-    for name in ("match", "count", "balance"):
+    for name in ("metadata", "match", "count", "balance"):
         assert json.load(open(os.path.join(run, name, "_SUCCESS")))["fingerprint"]
-    sweep = json.load(open(os.path.join(run, "balance", "t_sweep.json")))
+    sweep = json.load(open(os.path.join(run, "balance", "_stats", "t_sweep.json")))
     assert sweep["chosen_t"] == 50 and sweep["expected_kept"] == sorted(sweep["expected_kept"])
-    kept_counts = pq.read_table(os.path.join(run, "balance", "kept_counts.parquet"))
+    kept_counts = pq.read_table(os.path.join(run, "balance", "_stats", "kept_counts.parquet"))
     assert kept_counts.column("kept").to_numpy().sum() == sum(len(x) for x in kept.column("entry_ids").to_pylist())
     # Where the time went: every unit times its phases; the stage sums them; inspect shows both.
     for name, phases in (("match", {"read", "uid", "validate", "match", "assemble", "write"}),
                          ("balance", {"read", "draw", "assemble", "write", "t_sweep"})):
-        stage = json.load(open(os.path.join(run, name, "summary.json")))
+        stage = json.load(open(os.path.join(run, name, "_summary.json")))
         markers = [json.load(open(f)) for f in glob.glob(os.path.join(run, name, "_units", "*.json"))]
         assert markers and all(phases <= set(m["phases"]) <= phases | {"worker_start"} for m in markers)
         total: dict = {}
@@ -82,13 +83,13 @@ def test_outputs_formats_and_reconciliation(spark, demo, tmp_path):
                 total[k] = total.get(k, 0.0) + v
         assert stage["task_seconds"] == pytest.approx(total, abs=1e-3 * len(markers))
         assert stage["seconds"]["units"] > 0 and all(v >= 0 for v in total.values())
-    text = format_inspect(run)
+    text = format_inspect(RunDir(run))
     assert re.search(r"^  match\s+wall: .*units \d+\.\ds", text, re.M)
     assert re.search(r"^  balance\s+wall: units \d+\.\ds", text, re.M)
     assert re.search(r"^\s+task time \d+\.\ds, [\d.,]+ us/row:", text, re.M) and re.search(r"\bwrite \d+%", text)
 
 
-def test_same_seed_same_subset_whatever_the_partitioning(spark, demo, tmp_path):
+def test_same_seed_same_subset_whatever_the_partitioning(curate, demo, tmp_path):
     """Files, row groups and work units all differ; the kept uids and the entry counts do not."""
     pool = pa.concat_tables([pq.read_table(os.path.join(demo["pool"], f)) for f in sorted(os.listdir(demo["pool"]))])
     kept_sets, counts, units = [], [], []
@@ -99,8 +100,8 @@ def test_same_seed_same_subset_whatever_the_partitioning(spark, demo, tmp_path):
         for i in range(n_files):
             pq.write_table(pool.slice(i * per, per), d / f"p{i}.parquet", row_group_size=row_group)
         run = str(tmp_path / f"run{n_files}")
-        s = run_curate(spark, CurateParams(pool=str(d), metadata=demo["metadata"], out=run, t=40, seed=5,
-                                           rows_per_unit=rows_per_unit))
+        s = curate(str(d), demo["metadata"], run, {"balance.t": 40, "balance.seed": 5,
+                                                   "pool.rows_per_unit": rows_per_unit})
         units.append(s["match"]["units"])
         kept_sets.append(sorted(_read_dir(os.path.join(run, "balance")).column("uid").to_pylist()))
         counts.append(pq.read_table(os.path.join(run, "count", "entry_counts.parquet")).sort_by("entry_id").to_pydict())
@@ -112,17 +113,15 @@ def test_same_seed_same_subset_whatever_the_partitioning(spark, demo, tmp_path):
 def test_url_uids_are_metaclip_sha224_for_every_kind_of_url():
     """The batch uid path (built-in SHA-224, numpy hex) equals hashlib's ``sha224(url)[:24]``,
     including an empty URL, non-ASCII, and URLs longer than one 64-byte SHA block."""
-    import jobs.curate
-
     urls = ["http://x/y.jpg", "", "http://例え.jp/ü?q=1", "http://h/" + "a" * 55, "http://h/" + "b" * 300]
     want = [uid_from_url(u) for u in urls]
-    assert jobs.curate._sha224_uids(pa.array(urls, pa.string())).to_pylist() == want
-    assert jobs.curate._sha224_uids(pa.array([u.encode() for u in urls], pa.binary())).to_pylist() == want
+    assert match_stage.sha224_uids(pa.array(urls, pa.string())).to_pylist() == want
+    assert match_stage.sha224_uids(pa.array([u.encode() for u in urls], pa.binary())).to_pylist() == want
     many = [f"http://h/{i}.jpg" for i in range(20_000)]  # crosses the hashing's slice boundary
-    assert jobs.curate._sha224_uids(pa.array(many)).to_pylist() == [uid_from_url(u) for u in many]
+    assert match_stage.sha224_uids(pa.array(many)).to_pylist() == [uid_from_url(u) for u in many]
 
 
-def test_bad_captions_become_reject_rows(spark, tmp_path):
+def test_bad_captions_become_reject_rows(curate, tmp_path):
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(["dog", "cat", "hot dog"]))
     texts = [None, "", "   \t\n", "a hot dog", "x" * 1_100_000 + " dog", "Dog", "the cat.", None]
@@ -141,7 +140,7 @@ def test_bad_captions_become_reject_rows(spark, tmp_path):
     pool.mkdir()
     pq.write_table(pa.table({"url": urls, "text": broken}), pool / "p.parquet")
     run = str(tmp_path / "run")
-    s = run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=run, t=1, seed=0))
+    s = curate(str(pool), str(meta), run, {"balance.t": 1, "balance.seed": 0})
     rej = _rejects(run, "match").to_pydict()
     reasons = {uid: r for uid, r in zip(rej["uid"], rej["reason"])}
     uid = [uid_from_url(u) for u in urls]
@@ -155,20 +154,20 @@ def test_bad_captions_become_reject_rows(spark, tmp_path):
     assert s["match"]["in"] == 8 and s["match"]["out"] == 2
 
 
-def test_missing_text_column_and_empty_metadata_are_clear_errors(spark, tmp_path):
+def test_missing_text_column_and_empty_metadata_are_clear_errors(curate, tmp_path):
     pool = tmp_path / "pool"
     pool.mkdir()
     pq.write_table(pa.table({"url": ["http://a"], "caption": ["dog"]}), pool / "p.parquet")
     meta = tmp_path / "m.json"
     meta.write_text(json.dumps(["dog"]))
     with pytest.raises(InputError, match=r"lacks column\(s\) \['text'\]"):
-        run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=str(tmp_path / "r"), t=1))
+        curate(str(pool), str(meta), str(tmp_path / "r"), {"balance.t": 1})
     meta.write_text("[]")
     with pytest.raises(InputError, match="empty"):
-        run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=str(tmp_path / "r2"), t=1))
+        curate(str(pool), str(meta), str(tmp_path / "r2"), {"balance.t": 1})
 
 
-def test_non_string_columns_are_a_clear_error(spark, tmp_path):
+def test_non_string_columns_are_a_clear_error(curate, tmp_path):
     meta = tmp_path / "m.json"
     meta.write_text(json.dumps(["dog"]))
     for col, table in (("text", pa.table({"url": ["http://a"], "text": [1]})),
@@ -177,10 +176,10 @@ def test_non_string_columns_are_a_clear_error(spark, tmp_path):
         pool.mkdir()
         pq.write_table(table, pool / "p.parquet")
         with pytest.raises(InputError, match=rf"p.parquet: column `{col}` is (int64|double); it must hold strings"):
-            run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=str(tmp_path / f"r-{col}"), t=1))
+            curate(str(pool), str(meta), str(tmp_path / f"r-{col}"), {"balance.t": 1})
 
 
-def test_dictionary_encoded_columns_match_like_plain_ones(spark, demo, tmp_path):
+def test_dictionary_encoded_columns_match_like_plain_ones(curate, demo, tmp_path):
     """Categorical url/text/uid columns (pandas categoricals, some writers' dictionary pages read back
     as Arrow dictionaries) give the same output as plain strings."""
     plain = pa.concat_tables([pq.read_table(os.path.join(demo["pool"], f)) for f in sorted(os.listdir(demo["pool"]))])
@@ -195,7 +194,7 @@ def test_dictionary_encoded_columns_match_like_plain_ones(spark, demo, tmp_path)
         if name == "coded":
             assert pa.types.is_dictionary(pq.read_table(pool / "p.parquet").schema.field("text").type)
         run = str(tmp_path / f"run-{name}")
-        s = run_curate(spark, CurateParams(pool=str(pool), metadata=demo["metadata"], out=run, t=40, seed=5))
+        s = curate(str(pool), demo["metadata"], run, {"balance.t": 40, "balance.seed": 5})
         match = _read_dir(os.path.join(run, "match"))
         assert match.schema.field("text").type == pa.string() and match.schema.field("uid").type == pa.string()
         kept.append((s["match"]["out"], s["match"]["rejected"],
@@ -203,12 +202,11 @@ def test_dictionary_encoded_columns_match_like_plain_ones(spark, demo, tmp_path)
     assert kept[0] == kept[1] and len(kept[0][2]) > 100
 
 
-def test_target_size_solves_smallest_t(spark, demo, tmp_path):
+def test_target_size_solves_smallest_t(curate, demo, tmp_path):
     from curation import balancing as B
 
     run = str(tmp_path / "run")
-    s = run_curate(spark, CurateParams(pool=demo["pool"], metadata=demo["metadata"], out=run, t=None,
-                                       target_size=1000, seed=0))
+    s = curate(demo["pool"], demo["metadata"], run, {"balance.target_size": 1000, "balance.seed": 0})
     t = s["balance"]["t"]
     # Recompute E(t) and E(t-1) from the match output with the plain functions.
     lists = _read_dir(os.path.join(run, "match")).column("entry_ids").to_pylist()
@@ -219,13 +217,13 @@ def test_target_size_solves_smallest_t(spark, demo, tmp_path):
     assert s["balance"]["expected_kept"] == pytest.approx(at_t)
 
 
-def test_rerun_skips_and_interrupted_stage_resumes(spark, demo, tmp_path):
+def test_rerun_skips_and_interrupted_stage_resumes(curate, demo, tmp_path):
     run = str(tmp_path / "run")
-    params = CurateParams(pool=demo["pool"], metadata=demo["metadata"], out=run, t=30, seed=2, rows_per_unit=500)
-    run_curate(spark, params)
+    params = {"balance.t": 30, "balance.seed": 2, "pool.rows_per_unit": 500}
+    curate(demo["pool"], demo["metadata"], run, params)
     before = sorted(_read_dir(os.path.join(run, "balance")).column("uid").to_pylist())
     mtime = os.path.getmtime(os.path.join(run, "match", "_SUCCESS"))
-    run_curate(spark, params)  # everything complete: skipped
+    curate(demo["pool"], demo["metadata"], run, params)  # everything complete: skipped
     assert os.path.getmtime(os.path.join(run, "match", "_SUCCESS")) == mtime
     # Simulate a crash in the middle of balance: success marker gone, some units lost.
     fp = json.load(open(os.path.join(run, "balance", "_SUCCESS")))["fingerprint"]
@@ -236,16 +234,16 @@ def test_rerun_skips_and_interrupted_stage_resumes(spark, demo, tmp_path):
     for u in units[::2]:
         os.remove(os.path.join(run, "balance", "_units", u))
         os.remove(os.path.join(run, "balance", "part-" + u.replace(".json", ".parquet")))
-    run_curate(spark, params)
+    curate(demo["pool"], demo["metadata"], run, params)
     after = sorted(_read_dir(os.path.join(run, "balance")).column("uid").to_pylist())
     assert after == before and len(after) == len(set(after))
 
 
 
-def test_random_mode_keeps_a_uniform_subset_of_the_target_size(spark, demo, tmp_path):
+def test_random_mode_keeps_a_uniform_subset_of_the_target_size(curate, demo, tmp_path):
     run = str(tmp_path / "run")
-    s = run_curate(spark, CurateParams(pool=demo["pool"], metadata=demo["metadata"], out=run, t=None,
-                                       target_size=800, seed=4, balance_mode="random"))
+    s = curate(demo["pool"], demo["metadata"], run, {"balance.target_size": 800, "balance.seed": 4,
+                                                      "balance.mode": "random"})
     kept = _read_dir(os.path.join(run, "balance"))
     matched = s["match"]["out"]
     assert np.allclose(kept.column("p_keep").to_numpy(), 800 / matched)
@@ -253,7 +251,7 @@ def test_random_mode_keeps_a_uniform_subset_of_the_target_size(spark, demo, tmp_
     assert s["balance"]["mode"] == "random" and s["balance"]["expected_kept"] == pytest.approx(800)
 
 
-def test_duplicate_uids_keep_the_first_in_pool_order_and_reconcile(spark, tmp_path, monkeypatch):
+def test_duplicate_uids_keep_the_first_in_pool_order_and_reconcile(curate, tmp_path, monkeypatch):
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(["dog", "cat"]))
     pool = tmp_path / "pool"
@@ -267,8 +265,8 @@ def test_duplicate_uids_keep_the_first_in_pool_order_and_reconcile(spark, tmp_pa
                              "text": ["dog x1", "dog x2", "no match here"], "uid": ["X", "X", "X"]}),
                    pool / "c.parquet")
     run = str(tmp_path / "run")
-    params = CurateParams(pool=str(pool), metadata=str(meta), out=run, t=1000, seed=0, rows_per_unit=4)
-    s = run_curate(spark, params)
+    params = {"balance.t": 1000, "balance.seed": 0, "pool.rows_per_unit": 4}
+    s = curate(str(pool), str(meta), run, params)
     assert s["match"]["in"] == 23
     assert s["match"]["rejected"] == {"duplicate_uid": 6, "no_match": 1}
     assert s["match"]["out"] == 16 and s["match"]["in"] == s["match"]["out"] + 7
@@ -291,28 +289,25 @@ def test_duplicate_uids_keep_the_first_in_pool_order_and_reconcile(spark, tmp_pa
     os.remove(os.path.join(run, "match", "_SUCCESS"))
     with open(os.path.join(run, "match", "_STARTED"), "w") as f:
         json.dump({"fingerprint": fp}, f)
-    s2 = run_curate(spark, params, stages=["match"])
+    s2 = curate(str(pool), str(meta), run, params, stages=["match"])
     assert s2["match"]["rejected"] == s["match"]["rejected"] and s2["match"]["out"] == 16
     # The check can be turned off: repeats then pass through.
-    s3 = run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=str(tmp_path / "r3"), t=1000,
-                                        check_duplicate_uids=False), stages=["match"])
+    s3 = curate(str(pool), str(meta), str(tmp_path / "r3"), {"pool.check_duplicate_uids": False},
+                stages=["match"])
     assert s3["match"]["out"] == 22 and "duplicate_uid" not in s3["match"]["rejected"]
     # Too many candidate hashes to broadcast: the exact pass compares every row; same result.
-    import jobs.curate
-
-    monkeypatch.setattr(jobs.curate, "MAX_BROADCAST_CANDIDATES", 0)
+    monkeypatch.setattr(match_stage, "MAX_BROADCAST_CANDIDATES", 0)
     r4 = str(tmp_path / "r4")
-    s4 = run_curate(spark, CurateParams(pool=str(pool), metadata=str(meta), out=r4, t=1000, rows_per_unit=4),
-                    stages=["match"])
+    s4 = curate(str(pool), str(meta), r4, {"pool.rows_per_unit": 4}, stages=["match"])
     assert s4["match"]["rejected"] == s["match"]["rejected"]
     assert sorted(_read_dir(os.path.join(r4, "match")).column("uid").to_pylist()) == sorted(match["uid"])
 
 
-def test_duplicate_check_reads_uid_hash_side_files_or_falls_back(spark, tmp_path):
+def test_duplicate_check_reads_uid_hash_side_files_or_falls_back(spark, curate, tmp_path):
     """Match tasks leave each part's sorted uid hashes for pass 1; without them (a run from before
     they existed) pass 1 hashes the parts' uid columns with the same function: same rejects."""
-    import jobs.curate
     from curation.hashing import string_hash64
+    from jobs.stages.base import StageContext
 
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(["dog"]))
@@ -322,8 +317,8 @@ def test_duplicate_check_reads_uid_hash_side_files_or_falls_back(spark, tmp_path
     pq.write_table(pa.table({"url": urls, "text": [f"dog {i}" for i in range(60)]}), pool / "a.parquet",
                    row_group_size=10)
     run = str(tmp_path / "run")
-    params = CurateParams(pool=str(pool), metadata=str(meta), out=run, t=1000, rows_per_unit=10)
-    s = run_curate(spark, params, stages=["match"])
+    params = {"balance.t": 1000, "pool.rows_per_unit": 10}
+    s = curate(str(pool), str(meta), run, params, stages=["match"])
     assert s["match"]["rejected"] == {"duplicate_uid": 30} and s["match"]["out"] == 30
     sides = sorted(glob.glob(os.path.join(run, "match", "_uidhash", "part-*.npy")))
     assert len(sides) == 6
@@ -335,9 +330,10 @@ def test_duplicate_check_reads_uid_hash_side_files_or_falls_back(spark, tmp_path
     # A match stage without the check writes no side files; the check run afterwards on its parts
     # falls back to hashing their uid columns and drops the same rows.
     r2 = str(tmp_path / "r2")
-    run_curate(spark, CurateParams(**{**params.__dict__, "out": r2, "check_duplicate_uids": False}), stages=["match"])
+    curate(str(pool), str(meta), r2, {**params, "pool.check_duplicate_uids": False}, stages=["match"])
     assert not os.path.exists(os.path.join(r2, "match", "_uidhash"))
-    assert jobs.curate._remove_duplicate_uids(spark, CurateParams(**{**params.__dict__, "out": r2}), 60) == 30
+    ctx = StageContext(cfg=None, run=RunDir(r2), spark_factory=lambda: spark)
+    assert match_stage.remove_duplicate_uids(ctx, ctx.dir(match_stage.STAGE), 60) == 30
     kept = lambda r: sorted(_read_dir(os.path.join(r, "match")).column("text").to_pylist())  # noqa: E731
     assert kept(run) == kept(r2) == sorted(f"dog {i}" for i in range(30))
 
@@ -348,19 +344,21 @@ def test_pass_one_buckets_are_sorted_runs_of_hash_ranges(tmp_path):
     (a repeated uid) share a bucket."""
     import io
 
-    from jobs.curate import _hash_buckets, _uid_hash_url
+    from curation.rundir import StageDir
+    from curation.storage import Storage
 
     rng = np.random.default_rng(3)
     h = np.sort(np.concatenate([rng.integers(0, 2**64, 5000, dtype=np.uint64, endpoint=False),
                                 np.array([0, 0, 2**63, 2**63, 2**64 - 1], dtype=np.uint64)]))
     part = tmp_path / "match" / "part-000007.parquet"
-    side = _uid_hash_url(str(part))
+    out = StageDir(str(tmp_path / "match"), Storage())
+    side = match_stage._uid_hash_url(out, part.name)
     os.makedirs(os.path.dirname(side))
     buf = io.BytesIO()
     np.save(buf, h, allow_pickle=False)
     open(side, "wb").write(buf.getvalue())
     for n in (1, 3, 4, 64):
-        buckets = _hash_buckets(str(part), n, {})
+        buckets = match_stage.hash_buckets(out, str(part), n)
         assert [b for b, _ in buckets] == sorted({b for b, _ in buckets})
         assert np.concatenate([run for _, run in buckets]).tolist() == h.tolist()
         for b, run in buckets:

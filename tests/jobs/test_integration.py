@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.curate import CurateParams, run_curate
 from jobs.demo import make_demo_pool
 
 pytestmark = pytest.mark.slow
@@ -37,10 +36,9 @@ def pool(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(spark, pool, tmp_path_factory):
+def reference(curate, pool, tmp_path_factory):
     run = str(tmp_path_factory.mktemp("ref") / "run")
-    run_curate(spark, CurateParams(pool=pool["pool"], metadata=pool["metadata"], out=run, t=40, seed=11,
-                                   rows_per_unit=250))
+    curate(pool["pool"], pool["metadata"], run, {"balance.t": 40, "balance.seed": 11, "pool.rows_per_unit": 250})
     return run
 
 
@@ -112,7 +110,7 @@ def test_killed_driver_rerun_gives_same_output(pool, reference, tmp_path):
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert _kept(run) == _kept(reference)
     assert len(_kept(run)) == len(set(_kept(run)))
-    summary = json.load(open(os.path.join(run, "balance", "summary.json")))
+    summary = json.load(open(os.path.join(run, "balance", "_summary.json")))
     assert summary["kept"] == len(_kept(reference))
 
 
@@ -126,14 +124,15 @@ def moto_s3(moto_endpoint):
     return opts, fs
 
 
-def test_whole_run_on_s3_paths(spark, pool, reference, moto_s3):
+def test_whole_run_on_s3_paths(curate, pool, reference, moto_s3):
     opts, fs = moto_s3
     fs.put(pool["pool"], "metacurate-test/pool", recursive=True)
     fs.put(pool["metadata"], "metacurate-test/meta/metadata.json")
     fs.invalidate_cache()
-    p = CurateParams(pool="s3://metacurate-test/pool", metadata="s3://metacurate-test/meta/metadata.json",
-                     out="s3://metacurate-test/run", t=40, seed=11, rows_per_unit=250, storage_options=opts)
-    summaries = run_curate(spark, p)
+    settings = {"balance.t": 40, "balance.seed": 11, "pool.rows_per_unit": 250,
+                "storage.endpoint_url": opts["endpoint_url"], "storage.key": "testing", "storage.secret": "testing"}
+    args = ("s3://metacurate-test/pool", "s3://metacurate-test/meta/metadata.json", "s3://metacurate-test/run")
+    summaries = curate(*args, settings)
     fs.invalidate_cache()
     assert fs.exists("metacurate-test/run/balance/_SUCCESS")
     kept = sorted(pa.concat_tables([pq.read_table(fs.open(f)) for f in sorted(fs.glob("metacurate-test/run/balance/part-*.parquet"))]).column("uid").to_pylist())
@@ -142,5 +141,5 @@ def test_whole_run_on_s3_paths(spark, pool, reference, moto_s3):
     assert dict(zip(counts.column("entry_id").to_pylist(), counts.column("count").to_pylist())) == _counts(reference)
     assert summaries["match"]["in"] == summaries["match"]["out"] + sum(summaries["match"]["rejected"].values())
     # a re-run finds every stage complete on S3 and skips it
-    again = run_curate(spark, p)
+    again = curate(*args, settings)
     assert again["balance"]["kept"] == summaries["balance"]["kept"]

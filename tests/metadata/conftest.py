@@ -54,3 +54,30 @@ def wiki_inputs(tmp_path_factory):
     write_pageviews(str(pv / "pageviews-20240101-010000.gz"),
                     [("en", "Hot_dog", 55), ("en", "Rare", 49), ("en", "Borderline", 69)])
     return {"dir": d, "dump": str(dump), "pages": pages, "pageviews": str(pv / "*.gz")}
+
+
+def build_metadata(spark, out: str, wordnet: str | None = None, wiki: str | None = None,
+                   pageviews: str | None = None, force: bool = False, **settings) -> dict:
+    """Run the metadata stage into the folder ``out`` (as `metacurate metadata build --out` does);
+    returns the build's report (``out/_report.json``). ``spark=None``: the stage must not need one."""
+    import json
+
+    from curation.rundir import RunDir, StageDir
+    from curation.storage import Storage
+    from jobs.config import load_config
+    from jobs.stages import metadata
+    from jobs.stages.base import StageContext, execute
+
+    values = {f"metadata.{k}": v for k, v in {"wordnet": wordnet, "wiki": wiki, "pageviews": pageviews,
+                                              **settings}.items() if v is not None}
+    cfg = load_config(None, values={"run_dir": out, **values})
+
+    def no_spark():
+        raise AssertionError("this build was expected to need no Spark session")
+
+    run = RunDir(out, Storage())
+    ctx = StageContext(cfg=cfg, run=run, spark_factory=(lambda: spark) if spark is not None else no_spark)
+    metadata.STAGE.check(ctx)
+    execute(metadata.STAGE, ctx, out=StageDir(run.url, run.storage), force=force)
+    with open(os.path.join(out, "_report.json"), encoding="utf-8") as f:
+        return json.load(f)

@@ -9,7 +9,6 @@ import pytest
 
 from curation.errors import InputError
 from jobs.cli import main as cli_main
-from metadata.importer import import_metadata
 from metadata.lint import entry_findings, lint_entries
 from metadata.merge import SourceCandidates, build_report, merge_sources, rank, write_outputs
 
@@ -52,34 +51,37 @@ def test_lint_findings():
 
 
 def _write(out: Path, merged, report=None):
-    write_outputs(str(out), merged, report or build_report(merged, {}), {"stage": "metadata"}, "fp")
+    from curation.storage import Storage
+
+    write_outputs(str(out), merged, report or build_report(merged, {}), Storage())
 
 
-def test_write_outputs_is_atomic_and_byte_identical(tmp_path):
+def test_write_outputs_is_byte_identical(tmp_path):
     merged = [("dog", "wordnet", 2.0), ("é café", "title", 3.0)]
     a, b = tmp_path / "a" / "M", tmp_path / "b" / "M"
     _write(a, merged)
     _write(b, merged)
-    for name in ("entries.parquet", "metadata.json", "report.json", "summary.json", "_SUCCESS"):
+    for name in ("entries.parquet", "metadata.json", "_report.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert json.loads((a / "metadata.json").read_text("utf-8")) == ["dog", "é café"]
     t = pq.read_table(a / "entries.parquet")
     assert str(t.schema.field("entry_id").type) == "int32" and t.column("entry").to_pylist() == ["dog", "é café"]
-    # a failing write (unserialisable report) leaves the old output untouched and no temp dirs
+    # an unserialisable report fails loudly (no NaN in JSON) and leaves no temporary files
     with pytest.raises(ValueError):
         _write(a, [("cat", "wordnet", 1.0)], {"bad": float("nan")})
-    assert json.loads((a / "metadata.json").read_text("utf-8")) == ["dog", "é café"]
-    assert sorted(p.name for p in a.parent.iterdir()) == ["M"]
-    # and a fresh failing write leaves nothing that looks complete
-    with pytest.raises(ValueError):
-        _write(tmp_path / "c" / "M", merged, {"bad": float("nan")})
-    assert list((tmp_path / "c").iterdir()) == []
+    assert not [p.name for p in a.iterdir() if p.name.startswith(".tmp")]
+
+
+def _import(src, out):
+    from tests.metadata.conftest import build_metadata
+
+    return build_metadata(None, str(out), path=str(src))
 
 
 def test_import_validates_and_lints(tmp_path):
     src = tmp_path / "metadata.json"
     src.write_text(json.dumps(["dog", "hot dog", "St. Louis", "dog"]), encoding="utf-8")
-    report = import_metadata(str(src), str(tmp_path / "M"))
+    report = _import(src, tmp_path / "M")
     assert report["lint"]["counts"]["wrapped_char"] == 1 and report["lint"]["counts"]["duplicate"] == 1
     t = pq.read_table(tmp_path / "M" / "entries.parquet").to_pydict()
     assert t["entry_id"] == [0, 1, 2, 3] and set(t["source"]) == {"import"} and t["score"] == [None] * 4
@@ -88,8 +90,23 @@ def test_import_validates_and_lints(tmp_path):
                      ("[1,", "not valid")):
         src.write_text(bad)
         with pytest.raises(InputError, match=msg):
-            import_metadata(str(src), str(tmp_path / "N"))
-    assert not (tmp_path / "N").exists()
+            _import(src, tmp_path / "N")
+    assert not (tmp_path / "N" / "_SUCCESS").exists() and not (tmp_path / "N" / "metadata.json").exists()
+
+
+def test_import_keeps_sources_of_a_built_folder(tmp_path):
+    """A folder written by a build (or its metadata.json with entries.parquet beside it) keeps
+    the per-entry sources and scores; an entries.parquet of another list is not trusted."""
+    merged = [("dog", "wordnet", 2.0), ("hot dog", "bigram", 31.5)]
+    _write(tmp_path / "B", merged)
+    for given in (tmp_path / "B", tmp_path / "B" / "metadata.json"):
+        out = tmp_path / f"M-{given.name}"
+        _import(given, out)
+        t = pq.read_table(out / "entries.parquet").to_pydict()
+        assert t["source"] == ["wordnet", "bigram"] and t["score"] == [2.0, 31.5]
+    (tmp_path / "B" / "metadata.json").write_text(json.dumps(["cat", "hot dog"]))
+    _import(tmp_path / "B" / "metadata.json", tmp_path / "M3")
+    assert pq.read_table(tmp_path / "M3" / "entries.parquet").column("source").to_pylist() == ["import"] * 2
 
 
 def test_cli_import(tmp_path, capsys):
@@ -97,6 +114,6 @@ def test_cli_import(tmp_path, capsys):
     src.write_text(json.dumps(["dog", "a,b"]))
     assert cli_main(["metadata", "import", str(src), "--out", str(tmp_path / "M")]) == 0
     assert "2 entries" in capsys.readouterr().out
-    assert json.loads((tmp_path / "M" / "report.json").read_text())["lint"]["never_match"] == 1
+    assert json.loads((tmp_path / "M" / "_report.json").read_text())["lint"]["never_match"] == 1
     assert cli_main(["metadata", "import", str(tmp_path / "missing.json"), "--out", str(tmp_path / "X")]) == 2
     assert "missing.json" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import pytest
 
 from curation.errors import InputError
 from jobs.cli import main as cli_main
-from jobs.metadata_job import BuildConfig, build_metadata, file_stamps, wordnet_files
+from tests.metadata.conftest import build_metadata
 from metadata import wiki
 from metadata.synthetic import write_pageviews
 
@@ -31,7 +31,7 @@ def _reference(dump: str) -> wiki.NgramCounts:
 def wiki_build(spark, wiki_inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("build") / "M"
     report = build_metadata(spark, str(out), None, wiki_inputs["dump"], wiki_inputs["pageviews"],
-                            BuildConfig(**SMALL, unit_mb=0.002))
+                            **SMALL, unit_mb=0.002)
     return out, report
 
 
@@ -67,7 +67,7 @@ def test_unigrams_bigrams_titles_match_hand_counts(wiki_build, wiki_inputs):
     assert json.loads((out / "metadata.json").read_text("utf-8")) == t["entry"]
     assert report["lint"]["counts"]["wrapped_char"] == 1  # "Washington, D.C." can never match
     assert report["sources"]["title"]["candidates"] == 4
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["in"] == summary["out"] + sum(summary["rejected"].values())
     assert json.loads((out / "_SUCCESS").read_text())["stage"] == "metadata"
 
@@ -76,9 +76,9 @@ def test_same_inputs_byte_identical_whatever_the_split(spark, wiki_build, wiki_i
     out, report = wiki_build
     out2 = tmp_path / "M"
     report2 = build_metadata(spark, str(out2), None, wiki_inputs["dump"], wiki_inputs["pageviews"],
-                             BuildConfig(**SMALL, unit_mb=1000))
+                             **SMALL, unit_mb=1000)
     assert report2["wikipedia"]["work_units"] == 1
-    for name in ("entries.parquet", "metadata.json", "summary.json"):
+    for name in ("entries.parquet", "metadata.json"):
         assert (out / name).read_bytes() == (out2 / name).read_bytes(), name
     report2["wikipedia"]["work_units"] = report["wikipedia"]["work_units"]
     assert report2 == report
@@ -89,9 +89,8 @@ def test_caps_and_parquet_input(spark, wiki_inputs, tmp_path):
     articles = [p for p in wiki_inputs["pages"] if p.ns == 0 and not p.redirect]
     pq.write_table(pa.table({"title": [p.title for p in articles], "text": [p.text for p in articles]}),
                    tmp_path / "wiki.parquet")
-    cfg = BuildConfig(**SMALL)
-    cfg.caps.update({"unigram": 3, "bigram": 1})
-    report = build_metadata(spark, str(tmp_path / "M"), None, str(tmp_path / "wiki.parquet"), None, cfg)
+    report = build_metadata(spark, str(tmp_path / "M"), None, str(tmp_path / "wiki.parquet"), None, **SMALL,
+                            cap_unigram=3, cap_bigram=1)
     t = _entries(tmp_path / "M")
     top3 = sorted(((w, c) for w, c in ref.unigrams.items()), key=lambda wc: (-wc[1], wc[0]))[:3]
     assert list(zip(t["entry"], t["score"]))[:3] == [(w, float(c)) for w, c in top3]
@@ -106,7 +105,7 @@ def test_full_build_with_wordnet_via_cli(spark, wiki_inputs, wordnet_dir, tmp_pa
                    "--pageviews", wiki_inputs["pageviews"], "--out", str(out),
                    "--unigram-min-count", "40", "--bigram-min-count", "3", "--bigram-min-pmi", "2"])
     assert rc == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "_report.json").read_text())
     assert report["wordnet"] == {"synsets": 117_659, "distinct_names": 86_554}
     t = _entries(out)
     source = dict(zip(t["entry"], t["source"]))
@@ -131,16 +130,16 @@ def test_malformed_inputs_name_the_file_and_write_nothing(spark, wiki_inputs, tm
     trunc.write_bytes(good[: len(good) // 2])
     out = tmp_path / "M"
     with pytest.raises(InputError, match="enwiki-trunc-pages-articles.xml.bz2"):
-        build_metadata(spark, str(out), None, str(trunc), None, BuildConfig(**SMALL, unit_mb=0.002))
+        build_metadata(spark, str(out), None, str(trunc), None, **SMALL, unit_mb=0.002)
     bad_pv = tmp_path / "pv" / "pageviews-bad.gz"
     bad_pv.parent.mkdir()
     write_pageviews(str(bad_pv), [("en", "Dog", 80), ("en", "Cat", "n/a")])
     with pytest.raises(InputError, match=r"pageviews-bad\.gz:2: views 'n/a' is not a number"):
-        build_metadata(spark, str(out), None, None, str(bad_pv), BuildConfig(**SMALL))
+        build_metadata(spark, str(out), None, None, str(bad_pv), **SMALL)
     with pytest.raises(InputError, match="not found: .*missing-dump.xml.bz2"):
-        build_metadata(spark, str(out), None, str(tmp_path / "missing-dump.xml.bz2"), None, BuildConfig())
-    assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".M")] == []
+        build_metadata(spark, str(out), None, str(tmp_path / "missing-dump.xml.bz2"), None)
+    # nothing that looks complete: no marker, no entry list
+    assert not (out / "_SUCCESS").exists() and not (out / "metadata.json").exists()
     assert cli_main(["metadata", "build", "--out", str(out)]) == 2
 
 
@@ -151,8 +150,8 @@ def test_pageview_decoding_and_rebuild_only_when_an_input_changes(spark, tmp_pat
     write_pageviews(str(hour), [("en", "Café", 60), ("en", "Caf%C3%A9", 55), ("en", "Caf%E9", 80),
                                 ("en", "Special%3ARandom", 500)])
     out = tmp_path / "M"
-    cfg = BuildConfig(pageview_min_total_views=70)
-    report = build_metadata(spark, str(out), None, None, str(pv_dir), cfg)
+    cfg = {"pageview_min_total_views": 70}
+    report = build_metadata(spark, str(out), None, None, str(pv_dir), **cfg)
     t = _entries(out)
     assert dict(zip(t["entry"], t["score"])) == {"Café": 115.0, "Caf%E9": 80.0}
     assert {k: report["pageviews"][k] for k in ("percent_decoded", "undecodable")} == {
@@ -160,39 +159,45 @@ def test_pageview_decoding_and_rebuild_only_when_an_input_changes(spark, tmp_pat
     marker = (out / "_SUCCESS").read_bytes()
     stamp = (out / "_SUCCESS").stat().st_mtime_ns
     # unchanged inputs and settings: skipped (no Spark needed), outputs untouched
-    assert build_metadata(None, str(out), None, None, str(pv_dir), cfg) == report
+    assert build_metadata(None, str(out), None, None, str(pv_dir), **cfg) == report
     assert (out / "_SUCCESS").stat().st_mtime_ns == stamp
     # another setting: rebuilt
-    build_metadata(spark, str(out), None, None, str(pv_dir), BuildConfig(pageview_min_total_views=100))
+    build_metadata(spark, str(out), None, None, str(pv_dir), pageview_min_total_views=100)
     assert _entries(out)["entry"] == ["Café"]
-    build_metadata(spark, str(out), None, None, str(pv_dir), cfg)
+    build_metadata(spark, str(out), None, None, str(pv_dir), **cfg)
     assert (out / "_SUCCESS").read_bytes() == marker
     # the file rewritten in place (a later mtime): rebuilt
     write_pageviews(str(hour), [("en", "Café", 90), ("en", "Caf%C3%A9", 55), ("en", "Caf%E9", 80),
                                 ("en", "Special%3ARandom", 500)])
     st = hour.stat()
     os.utime(hour, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    report2 = build_metadata(spark, str(out), None, None, str(pv_dir), cfg)
+    report2 = build_metadata(spark, str(out), None, None, str(pv_dir), **cfg)
     assert dict(zip(_entries(out)["entry"], _entries(out)["score"]))["Café"] == 145.0
     assert report2["sources"]["title"]["candidates"] == 2
     # a new file matching the glob: rebuilt too; --force rebuilds even when nothing changed
     write_pageviews(str(pv_dir / "pageviews-20240101-010000.gz"), [("en", "Dog", 75)])
-    build_metadata(spark, str(out), None, None, str(pv_dir / "*.gz"), cfg)
+    build_metadata(spark, str(out), None, None, str(pv_dir / "*.gz"), **cfg)
     assert "Dog" in _entries(out)["entry"]
     stamp = (out / "_SUCCESS").stat().st_mtime_ns
-    build_metadata(spark, str(out), None, None, str(pv_dir / "*.gz"), cfg, force=True)
+    build_metadata(spark, str(out), None, None, str(pv_dir / "*.gz"), force=True, **cfg)
     assert (out / "_SUCCESS").stat().st_mtime_ns != stamp
 
 
 def test_input_stamps_cover_every_wordnet_file(tmp_path):
+    from curation.storage import Storage
+    from jobs.config import load_config
+    from jobs.stages.metadata import build_input_stamps
+
     wn = tmp_path / "wn"
     wn.mkdir()
     (wn / "data.noun").write_text("a")
     (wn / "index.noun").write_text("b")
-    before = file_stamps(wordnet_files(str(wn)))
-    assert [Path(p).name for p, _, _ in before] == ["data.noun", "index.noun"]
+    settings = load_config(None, values={"run_dir": str(tmp_path / "r"), "metadata.wordnet": str(wn)}).metadata
+    before = build_input_stamps(settings, Storage())
+    assert [Path(p).name for p, _, _ in before[0]["wordnet"]] == ["data.noun", "index.noun"]
     st = (wn / "index.noun").stat()
     os.utime(wn / "index.noun", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert file_stamps(wordnet_files(str(wn))) != before
+    assert build_input_stamps(settings, Storage()) != before
+    settings.wordnet = str(tmp_path / "nope")
     with pytest.raises(InputError, match="WordNet folder not found"):
-        wordnet_files(str(tmp_path / "nope"))
+        build_input_stamps(settings, Storage())

@@ -1,8 +1,8 @@
 """Fixture run directories for the report tests, made by code.
 
 ``simulate_run`` draws a Zipf-like pool (each text matches 1-4 entries, entry popularity ~ 1/rank),
-then applies DESIGN §4 balancing exactly (p = min(1, t/count), p_keep = 1 - Π(1 - p), keep iff
-u < p_keep) so counts, kept counts, the t sweep and every summary.json are mutually consistent —
+then applies the balancing rule (ARCHITECTURE.md, "Balancing") exactly (p = min(1, t/count), p_keep = 1 - Π(1 - p), keep iff
+u < p_keep) so counts, kept counts, the t sweep and every summary are mutually consistent —
 the same files the count / balance stages write. Also usable as a script-free helper to make a
 large run for looking at the plots.
 """
@@ -98,13 +98,13 @@ def simulate_run(root: str | os.PathLike, n_entries: int = 2000, n_texts: int = 
         md.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({"entry_id": entry_id, "entry": names, "source": sources,
                                  "score": rng.random(n_entries)}), md / "entries.parquet")
-        _write_json(md / "summary.json", {"stage": "metadata", "in": n_entries + 7, "out": n_entries,
+        _write_json(md / "_summary.json", {"stage": "metadata", "in": n_entries + 7, "out": n_entries,
                                           "rejected": {"unmatchable_punctuation": 7}})
         _success(md, "md0")
     # match
     mt = root / "match"
     mt.mkdir(parents=True, exist_ok=True)
-    _write_json(mt / "summary.json", {"stage": "match", "in": pool, "out": n_texts,
+    _write_json(mt / "_summary.json", {"stage": "match", "in": pool, "out": n_texts,
                                       "rejected": {"no_match": unmatched, "empty_text": empty}})
     _success(mt, "match0")
     rj = root / "rejects" / "match"
@@ -121,20 +121,20 @@ def simulate_run(root: str | os.PathLike, n_entries: int = 2000, n_texts: int = 
                              "entry": [n for n, z in zip(names, nz) if z],
                              "source": [s for s, z in zip(sources, nz) if z],
                              "count": pa.array(counts[nz], pa.int64())}), ct / "entry_counts.parquet")
-    _write_json(ct / "summary.json", {"stage": "count", "in": n_texts, "out": n_texts, "rejected": {},
+    _write_json(ct / "_summary.json", {"stage": "count", "in": n_texts, "out": n_texts, "rejected": {},
                                       "entries_counted": int(nz.sum())})
     _success(ct, "count0")
     # balance
     bl = root / "balance"
-    bl.mkdir(parents=True, exist_ok=True)
+    (bl / "_stats").mkdir(parents=True, exist_ok=True)
     kz = kept > 0
     pq.write_table(pa.table({"entry_id": pa.array(entry_id[kz], pa.int32()),
-                             "kept": pa.array(kept[kz], pa.int64())}), bl / "kept_counts.parquet")
+                             "kept": pa.array(kept[kz], pa.int64())}), bl / "_stats" / "kept_counts.parquet")
     grid = sorted(set(np.unique(np.geomspace(1, max(2, counts.max()), 24).round(1)).tolist()) | {float(t)})
-    _write_json(bl / "t_sweep.json", {"t": grid, "expected_kept": [float(p_keep(g).sum()) for g in grid],
+    _write_json(bl / "_stats" / "t_sweep.json", {"t": grid, "expected_kept": [float(p_keep(g).sum()) for g in grid],
                                       "chosen_t": float(t)})
     n_kept = int(keep.sum())
-    _write_json(bl / "summary.json", {
+    _write_json(bl / "_summary.json", {
         "stage": "balance", "in": n_texts, "out": n_kept, "rejected": {"not_drawn": n_texts - n_kept},
         "t": float(t), "seed": seed, "pool": pool, "matched": n_texts, "expected_kept": float(pk.sum()),
         "kept": n_kept, "head_entries": int((counts > t).sum()), "tail_entries": int(((counts > 0) & (counts <= t)).sum()),
@@ -142,15 +142,15 @@ def simulate_run(root: str | os.PathLike, n_entries: int = 2000, n_texts: int = 
     _success(bl, "bal0")
     if later_stages:
         ok = int(n_kept * 0.9)
-        _write_json(root / "download" / "summary.json", {
+        _write_json(root / "download" / "_summary.json", {
             "stage": "download", "in": n_kept, "out": ok,
             "rejected": {"http_404": n_kept - ok - 3, "decode_error": 3}, "bytes": 123456789, "seconds": 12.5})
         _success(root / "download", "dl0")
-        _write_json(root / "dedup" / "summary.json", {
+        _write_json(root / "dedup" / "_summary.json", {
             "stage": "dedup", "in": ok, "out": ok - 5, "rejected": {"eval_near_duplicate": 5},
             "hamming_k": 8, "eval_sets": {"cifar10": 10000}})
         _success(root / "dedup", "dd0")
-        _write_json(root / "shards" / "summary.json", {
+        _write_json(root / "shards" / "_summary.json", {
             "stage": "shard", "in": ok - 5, "out": ok - 5, "rejected": {}, "shards": 3})
         _success(root / "shards", "sh0")
     return {"counts": counts, "kept": kept, "names": names, "sources": sources, "t": float(t),

@@ -67,8 +67,8 @@ def test_cli_report_later_stages_no_sweep_no_metadata_and_mismatch(fixture_run, 
     """One render covering the variations: later stages present, optional inputs absent, a stage
     whose counts do not reconcile, output written elsewhere through the CLI."""
     run, info = fixture_run(later_stages=True, with_metadata=False, **SMALL)
-    (run / "balance" / "t_sweep.json").unlink()
-    p = run / "match" / "summary.json"
+    (run / "balance" / "_stats" / "t_sweep.json").unlink()
+    p = run / "match" / "_summary.json"
     broken = json.loads(p.read_text())
     broken["out"] += 1  # in != out + rejected: the page must say so
     p.write_text(json.dumps(broken))
@@ -81,11 +81,11 @@ def test_cli_report_later_stages_no_sweep_no_metadata_and_mismatch(fixture_run, 
     html = index.read_text(encoding="utf-8")
     for needle in ("http_404", "decode_error", "eval_near_duplicate", "hamming_k", "eval_sets.cifar10", "shards"):
         assert needle in html, needle
-    assert "Not run yet" not in html
+    assert html.count("Not run yet") == 1 and "metacurate metadata --config" in html  # no metadata stage here
     assert html.count("does not add up") == 1
     summary = json.loads((out / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == ["match", "count", "balance", "download",
-                                                      "dedup", "shards"]
+                                                      "dedup", "shard"]
     assert [s["reconciles"] for s in summary["stages"]] == [False, True, True, True, True, True]
     assert all(s["done"] for s in summary["stages"])
     # no t_sweep.json: no kept-vs-t plot, every other plot present and referenced
@@ -98,8 +98,8 @@ def test_cli_report_later_stages_no_sweep_no_metadata_and_mismatch(fixture_run, 
 
 @pytest.mark.parametrize("missing, stage", [
     ("count/entry_counts.parquet", "count"),
-    ("balance/kept_counts.parquet", "balance"),
-    ("balance/summary.json", "balance"),
+    ("balance/_stats/kept_counts.parquet", "balance"),
+    ("balance/_summary.json", "balance"),
 ])
 def test_missing_required_input_names_file_and_stage(fixture_run, missing, stage):
     run, _ = fixture_run(**SMALL)
@@ -112,7 +112,7 @@ def test_missing_required_input_names_file_and_stage(fixture_run, missing, stage
 
 def test_missing_column_and_inconsistent_kept_are_input_errors(fixture_run):
     run, _ = fixture_run(**SMALL)
-    kept_path = run / "balance" / "kept_counts.parquet"
+    kept_path = run / "balance" / "_stats" / "kept_counts.parquet"
     good = pq.read_table(kept_path)
     pq.write_table(good.rename_columns(["entry_id", "n"]), kept_path)
     with pytest.raises(InputError, match=r"lacks column\(s\) \['kept'\]"):

@@ -90,7 +90,7 @@ def test_entry_stats_aligns_kept_by_entry_id():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(kept_entry_id=[99], kept=[1]), "absent from count"),
+    (dict(kept_entry_id=[99], kept=[1]), "absent from the entry counts"),
     (dict(kept_entry_id=[1], kept=[51]), "kept=51 > count=50"),
 ])
 def test_entry_stats_rejects_inconsistent_tables(kwargs, message):
@@ -110,7 +110,7 @@ def test_kept_fraction_vs_t_sorted_and_divided_by_matched():
     assert curve["t"] == [1, 10, 100]
     assert curve["kept_fraction"] == pytest.approx([0.1, 0.5, 0.9])
     assert curve["chosen_t"] == 10.0
-    with pytest.raises(InputError, match="t_sweep.json"):
+    with pytest.raises(InputError, match="t sweep must hold"):
         kept_fraction_vs_t({"t": [1]}, 10)
     with pytest.raises(InputError, match="2 t values but 1"):
         kept_fraction_vs_t({"t": [1, 2], "expected_kept": [1]}, 10)

@@ -1,34 +1,31 @@
-"""The metadata build on Spark: Wikipedia n-gram counts + PMI, pageview title totals, merge.
+"""Spark jobs of the metadata build: Wikipedia n-gram counts + PMI, and pageview title totals.
 
 How the work is split (nothing row-sized ever reaches the driver):
 
 * Wikipedia ``.bz2`` dumps: the driver only scans each file for bz2 stream offsets
   (``metadata.wiki.plan_units``) and ships ``(path, start, end)`` work units, one per partition,
-  ~4 per core (even waves; not more, since each unit re-emits its own distinct keys). Each
-  executor decompresses, parses and tokenises its own unit and counts it with numpy
+  two per core (each unit re-emits its own distinct keys, so more units means more merge work).
+  Each executor decompresses, parses and tokenises its own unit and counts it with numpy
   (``metadata.ngram_arrow``), holding at most ``flush_keys`` distinct bigrams before emitting
   partial sums. Its counts leave the task split into key buckets, one Arrow IPC blob per bucket,
   so Spark shuffles a few thousand binary rows instead of one row per distinct n-gram; each
   reduce task sums its buckets with Arrow's hash aggregation and drops keys that cannot pass the
-  thresholds. The per-MB work is in parallel Python tasks; the JVM mostly moves blobs (it still
-  burns ~15% of the Python CPU time, measured by ``benchmarks/metadata_build.py``). A parquet of
-  ``title, text`` is read by Spark directly and counted the same way with ``mapInArrow``.
+  thresholds. A parquet of ``title, text`` is read by Spark directly and counted the same way.
 * PMI is computed with DataFrame joins and column arithmetic on the summed counts.
 * Pageview files: one file per task, aggregated per file (titles percent-decoded), summed with
   ``groupBy``.
 * Only each source's best ``cap + len(entries so far)`` candidates are collected (enough to fill
-  the cap whatever the overlap with earlier sources): that is metadata-sized, not dump-sized.
+  the cap whatever the overlap with earlier sources): metadata-sized, not dump-sized.
 
-Defaults and why:
+Thresholds and why:
 
 * unigrams: count >= 100 (MetaCLIP).
 * bigrams: PMI >= 30 in log2 (MetaCLIP's figure) *and* pair count >= 5. The count floor exists
   because PMI rewards rarity: a pair seen once whose two words occur nowhere else gets the
-  highest possible PMI, log2(N_uni^2 / N_bi) — so without a floor the bigram list would be
+  highest possible PMI, log2(N_uni^2 / N_bi), so without a floor the bigram list would be
   hapax noise (typos, names seen once). A pair seen ``k`` times can reach at most
-  log2(N_uni^2 / (N_bi * k)), which the report prints as ``pmi_upper_bound``: on a corpus much
-  smaller than Wikipedia (~4e9 tokens) PMI >= 30 is unreachable and the build logs a warning;
-  lower ``--bigram-min-pmi`` there.
+  log2(N_uni^2 / (N_bi * k)), which the report records as ``pmi_upper_bound``: on a corpus much
+  smaller than Wikipedia (~4e9 tokens) PMI >= 30 is unreachable and the build logs a warning.
 * titles: ``en`` lines with >= 50 views, no ``:``; total >= 70 (MetaCLIP).
 """
 from __future__ import annotations
@@ -39,22 +36,15 @@ import math
 import re
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 
 from curation.errors import InputError
+from curation.storage import Storage
 from metadata import ngram_arrow, wiki
 from metadata import pageviews as pv
-from metadata.merge import (
-    DEFAULT_CAPS,
-    SourceCandidates,
-    build_report,
-    fingerprint,
-    merge_sources,
-    write_outputs,
-)
+from metadata.merge import SourceCandidates
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +52,6 @@ KIND_UNIGRAM, KIND_BIGRAM, KIND_TOTAL = ngram_arrow.KIND_UNIGRAM, ngram_arrow.KI
 COUNT_DDL = "kind tinyint, w1 string, w2 string, c bigint"
 BLOB_SCHEMA = pa.schema([("bucket", pa.int32()), ("blob", pa.binary())])
 BLOB_DDL = "bucket int, blob binary"
-BUILD_VERSION = 2  # bump when a code change alters the outputs for the same inputs
 #: Each unit re-emits its own distinct keys, so the merge work grows with the unit count: at 4 units
 #: per core local[2] did ~8% more Python work than local[1] on the 58 MB benchmark dump (8 vs 4
 #: units), at 2 the same; units are even by bytes, so two per core still end in a short tail, and
@@ -72,29 +61,12 @@ REDUCE_INPUT_BYTES = 16 << 20
 BUCKETS_PER_PARTITION = 8
 
 
-@dataclass
-class BuildConfig:
-    """Every threshold of the build (CLI flags map 1:1)."""
-
-    unigram_min_count: int = 100
-    bigram_min_count: int = 5
-    bigram_min_pmi: float = 30.0
-    pageview_project: str = pv.DEFAULT_PROJECT
-    pageview_min_line_views: int = pv.DEFAULT_MIN_LINE_VIEWS
-    pageview_min_total_views: int = pv.DEFAULT_MIN_TOTAL_VIEWS
-    caps: dict = field(default_factory=lambda: dict(DEFAULT_CAPS))
-    unit_mb: float | None = None  # compressed MB per work unit; None = automatic
-    flush_keys: int = 4_000_000  # distinct bigrams a counting task holds before emitting partial sums
-
-
 # --------------------------------------------------------------------------------------------
 # inputs
 # --------------------------------------------------------------------------------------------
-def expand_paths(pattern: str, what: str) -> list[str]:
-    """A file, folder or glob -> sorted file list (driver lists names only, never reads rows)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(pattern)
+def expand_inputs(pattern: str, what: str, storage: Storage) -> list[str]:
+    """A file, folder or glob -> sorted file list (the driver lists names only, never reads rows)."""
+    fs, root = storage.fs(pattern)
     proto = pattern.split("://", 1)[0] + "://" if "://" in pattern else ""
     if globlib.has_magic(root):
         found = sorted(fs.glob(root))
@@ -107,51 +79,6 @@ def expand_paths(pattern: str, what: str) -> list[str]:
     if not found:
         raise InputError(f"{what}: no file matches {pattern}")
     return [proto + p if proto and not p.startswith(proto) else p for p in found]
-
-
-def wordnet_files(wordnet_dir: str) -> list[str]:
-    """Every file under a WordNet folder (the fingerprint covers all of them)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(wordnet_dir)
-    if not fs.isdir(root):
-        raise InputError(f"WordNet folder not found: {wordnet_dir}")
-    return sorted(fs.find(root))
-
-
-def file_stamps(paths: list[str]) -> list[tuple[str, int | None, str]]:
-    """``(path, size, ETag or mtime)`` per file: cheap, and changes whenever a file is rewritten."""
-    import fsspec
-
-    stamps = []
-    for path in paths:
-        fs, p = fsspec.core.url_to_fs(path)
-        try:
-            info = fs.info(p)
-        except FileNotFoundError as exc:
-            raise InputError(f"input file vanished while planning: {path}") from exc
-        version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
-        stamps.append((path, info.get("size"), str(version)))
-    return stamps
-
-
-def completed_report(out_dir: str, build_fp: str) -> dict | None:
-    """The report of a finished build in ``out_dir`` with this fingerprint, else ``None``."""
-    import json
-
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(out_dir)
-    root = root.rstrip("/")
-    try:
-        with fs.open(f"{root}/_SUCCESS", "rb") as f:
-            marker = json.loads(f.read() or b"{}")
-        if marker.get("fingerprint") != build_fp:
-            return None
-        with fs.open(f"{root}/report.json", "rb") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 _INPUT_ERROR = re.compile(r"InputError: (.*)")
@@ -189,18 +116,18 @@ def _emit_blobs(tables: Iterator[pa.Table], n_buckets: int) -> Iterator[pa.Recor
                                              schema=BLOB_SCHEMA)
 
 
-def _count_units_fn(flush_pairs: int, n_buckets: int):
+def _count_units_fn(flush_pairs: int, n_buckets: int, storage: Storage):
     def count_units(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         def texts() -> Iterator[str]:
             for batch in batches:
                 cols = batch.to_pydict()
                 for path, start, end in zip(cols["path"], cols["start"], cols["end"]):
-                    yield from wiki.article_texts(wiki.iter_unit_pages(path, start, end))
+                    yield from wiki.article_texts(wiki.iter_unit_pages(path, start, end, storage))
         yield from _emit_blobs(ngram_arrow.count_texts(texts(), flush_pairs=flush_pairs), n_buckets)
     return count_units
 
 
-def _count_parquet_fn(flush_pairs: int, n_buckets: int):
+def _count_parquet_fn(flush_pairs: int, n_buckets: int, storage: Storage):
     def count_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         def texts() -> Iterator[str]:
             for batch in batches:
@@ -233,13 +160,13 @@ def _sum_buckets_fn(min_unigram: int, min_bigram: int):
     return sum_buckets
 
 
-def _pageview_fn(project: str, min_line_views: int):
+def _pageview_fn(project: str, min_line_views: int, storage: Storage):
     def file_views(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for path in batch.column("path").to_pylist():
                 totals: dict[str, int] = {}
                 stats: Counter = Counter()
-                for title, views in pv.file_title_views(path, project, min_line_views, stats).items():
+                for title, views in pv.file_title_views(path, project, min_line_views, stats, storage).items():
                     entry = pv.title_entry(title)
                     totals[entry] = totals.get(entry, 0) + views
                 items = sorted(totals.items())
@@ -256,7 +183,7 @@ def _pageview_fn(project: str, min_line_views: int):
 # --------------------------------------------------------------------------------------------
 # driver side
 # --------------------------------------------------------------------------------------------
-def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
+def wiki_counts(spark, wiki_pattern: str, cfg: Any, storage: Storage):
     """Summed counts DataFrame ``(kind, w1, w2, c)`` for the dump(s); plus input stats.
 
     Only keys that can still matter are kept (the reduce drops the rest before Spark sees them):
@@ -264,7 +191,7 @@ def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
     minimum counts — a word of a kept bigram occurs at least as often as the bigram, so every
     unigram count PMI needs is there. The totals rows always are.
     """
-    files = expand_paths(wiki_pattern, "Wikipedia dump")
+    files = expand_inputs(wiki_pattern, "Wikipedia dump", storage)
     parquet = [f for f in files if f.endswith(".parquet")]
     dumps = [f for f in files if not f.endswith(".parquet")]
     parts = []
@@ -276,9 +203,7 @@ def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
         if bad:
             raise InputError(f"{bad[0]}: a Wikipedia input must be a pages-articles .xml.bz2 / .xml dump "
                              "or a parquet of title,text")
-        import fsspec
-
-        sizes = {f: fsspec.core.url_to_fs(f)[0].size(f) for f in dumps}
+        sizes = {f: storage.size(f) for f in dumps}
         input_bytes += sum(sizes.values())
         if cfg.unit_mb:
             unit_bytes = int(cfg.unit_mb * (1 << 20))
@@ -286,7 +211,7 @@ def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
             unit_bytes = int(min(64 << 20, max(1 << 20, sum(sizes.values()) / (UNITS_PER_CORE * parallelism))))
         units = []
         for f in dumps:
-            units.extend(wiki.plan_units(f, unit_bytes))
+            units.extend(wiki.plan_units(f, unit_bytes, storage))
         info.update({"dump_bytes": sum(sizes.values()), "work_units": len(units)})
         single = [f for f in dumps if f.endswith(".bz2") and sum(1 for u in units if u[0] == f) == 1
                   and sizes[f] > 2 * unit_bytes]
@@ -300,9 +225,7 @@ def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
         if "text" not in df.columns:
             raise InputError(f"{parquet[0]}: a Wikipedia parquet needs a 'text' column (and 'title'); "
                              f"it has {df.columns}")
-        import fsspec
-
-        input_bytes += sum(fsspec.core.url_to_fs(f)[0].size(f) for f in parquet)
+        input_bytes += sum(storage.size(f) for f in parquet)
         parts.append(("parquet", df.select("text")))
     # reduce side: enough partitions that each holds ~REDUCE_INPUT_BYTES of input's counts, and
     # several key buckets per partition so that buckets spread evenly over them
@@ -312,7 +235,7 @@ def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
     blobs = None
     for kind, df in parts:
         fn = _count_units_fn if kind == "units" else _count_parquet_fn
-        mapped = df.mapInArrow(fn(cfg.flush_keys, n_buckets), BLOB_DDL)
+        mapped = df.mapInArrow(fn(cfg.flush_keys, n_buckets, storage), BLOB_DDL)
         blobs = mapped if blobs is None else blobs.unionByName(mapped)
     from pyspark import StorageLevel
 
@@ -322,7 +245,7 @@ def wiki_counts(spark, wiki_pattern: str, cfg: BuildConfig):
     return summed, info
 
 
-def unigram_and_bigram_candidates(summed, cfg: BuildConfig):
+def unigram_and_bigram_candidates(summed, cfg: Any):
     """``(unigram_df, bigram_df, totals)``; both DataFrames have ``entry, score`` (+ counts)."""
     from pyspark.sql import functions as F
 
@@ -347,16 +270,16 @@ def unigram_and_bigram_candidates(summed, cfg: BuildConfig):
     return unigrams, bigrams, totals
 
 
-def title_candidates(spark, pattern: str, cfg: BuildConfig):
+def title_candidates(spark, pattern: str, cfg: Any, storage: Storage):
     """``(titles, info, totals)``: the ``entry, score`` DataFrame of titles with total views >=
     the threshold, input stats (incl. percent-decoding counts), and the persisted per-title
     totals behind them (unpersist it when done)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    files = expand_paths(pattern, "pageview files")
+    files = expand_inputs(pattern, "pageview files", storage)
     df = _one_per_partition(spark, [(f,) for f in files], "path string").mapInArrow(
-        _pageview_fn(cfg.pageview_project, cfg.pageview_min_line_views), "entry string, views bigint, stat string")
+        _pageview_fn(cfg.pageview_project, cfg.pageview_min_line_views, storage), "entry string, views bigint, stat string")
     totals = df.groupBy("stat", "entry").agg(F.sum("views").alias("views")).persist(StorageLevel.MEMORY_AND_DISK)
     with executor_errors():
         stats = {r["stat"]: int(r["views"]) for r in totals.where(F.col("stat").isNotNull()).collect()}
@@ -384,89 +307,3 @@ def collect_best(df, source: str, cap: int | None, n_prior: int, stats: dict) ->
         # bounded by cap + n_prior (metadata-sized), never by the dump size
         rows = [(r["entry"], float(r["score"])) for r in ranked.collect()]
     return SourceCandidates(source, rows, total=total, stats=stats)
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-def build_metadata(spark, out_dir: str, wordnet_dir: str | None = None, wiki_pattern: str | None = None,
-                   pageview_pattern: str | None = None, cfg: BuildConfig | None = None,
-                   force: bool = False) -> dict:
-    """Build every requested source, merge, lint and write ``out_dir``; return the report.
-
-    Skipped (the existing report is returned) when ``out_dir/_SUCCESS`` carries the fingerprint
-    of these settings and inputs — each input file's path, size and mtime (ETag on object
-    stores), the WordNet folder's files included — unless ``force``. So editing or replacing any
-    input file in place triggers a rebuild, and ``spark`` may be ``None`` for a skipped run.
-    """
-    from metadata.wordnet import wordnet_entries
-
-    cfg = cfg or BuildConfig()
-    if not (wordnet_dir or wiki_pattern or pageview_pattern):
-        raise InputError("nothing to build: give at least one of --wordnet, --wiki, --pageviews")
-    # validate every input before the slow work starts
-    inputs = {"wordnet": wordnet_files(wordnet_dir) if wordnet_dir else [],
-              "wiki": expand_paths(wiki_pattern, "Wikipedia dump") if wiki_pattern else [],
-              "pageviews": expand_paths(pageview_pattern, "pageview files") if pageview_pattern else []}
-    extra: dict = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("flush_keys", "unit_mb")},
-                   "inputs": {"wordnet": wordnet_dir, "wiki": wiki_pattern, "pageviews": pageview_pattern}}
-    build_fp = fingerprint({"version": BUILD_VERSION, "config": extra["config"],
-                            "inputs": {k: file_stamps(v) for k, v in inputs.items()}})
-    if not force:
-        done = completed_report(out_dir, build_fp)
-        if done is not None:
-            log.info("metadata: %s is already built from these inputs and settings (fingerprint %s); "
-                     "skipping (--force rebuilds)", out_dir, build_fp)
-            return done
-    sources: list[SourceCandidates] = []
-    n_prior = 0
-    if wordnet_dir:
-        names, wn_stats = wordnet_entries(wordnet_dir)
-        extra["wordnet"] = wn_stats
-        sources.append(SourceCandidates("wordnet", [(e, float(n)) for e, n in names],
-                                        stats={"synsets": wn_stats["synsets"]}))
-        n_prior += len(names)
-    summed = None
-    if wiki_pattern:
-        summed, wiki_info = wiki_counts(spark, wiki_pattern, cfg)
-        try:
-            unigrams, bigrams, totals = unigram_and_bigram_candidates(summed, cfg)
-            n_uni, n_bi = totals.get("n_unigrams", 0), totals.get("n_bigrams", 0)
-            bound = wiki.pmi_upper_bound(cfg.bigram_min_count, n_uni, n_bi) if n_bi else 0.0
-            if bound < cfg.bigram_min_pmi:
-                log.warning("bigram PMI >= %.1f is unreachable with pair count >= %d on this corpus "
-                            "(%d tokens; max possible PMI %.2f): lower --bigram-min-pmi",
-                            cfg.bigram_min_pmi, cfg.bigram_min_count, n_uni, bound)
-            extra["wikipedia"] = {**wiki_info, **totals, "pmi_upper_bound": _finite(bound)}
-            uni = collect_best(unigrams, "unigram", cfg.caps.get("unigram"), n_prior,
-                               {"min_count": cfg.unigram_min_count})
-            sources.append(uni)
-            n_prior += len(uni.candidates)
-            big = collect_best(bigrams, "bigram", cfg.caps.get("bigram"), n_prior,
-                               {"min_count": cfg.bigram_min_count, "min_pmi": cfg.bigram_min_pmi})
-            sources.append(big)
-            n_prior += len(big.candidates)
-        finally:
-            summed.unpersist()
-    if pageview_pattern:
-        titles, pv_info, title_totals = title_candidates(spark, pageview_pattern, cfg)
-        try:
-            extra["pageviews"] = pv_info
-            sources.append(collect_best(titles, "title", cfg.caps.get("title"), n_prior,
-                                        {"min_line_views": cfg.pageview_min_line_views,
-                                         "min_total_views": cfg.pageview_min_total_views,
-                                         "project": cfg.pageview_project}))
-        finally:
-            title_totals.unpersist()
-    merged, source_stats = merge_sources(sources, cfg.caps)
-    if not merged:
-        raise InputError("the build produced no entries: every source was empty after its thresholds "
-                         f"(see the counts above); lower the thresholds. Nothing was written to {out_dir}")
-    report = build_report(merged, source_stats, extra)
-    total_in = sum(s["candidates"] for s in source_stats.values())
-    summary = {"stage": "metadata", "in": total_in, "out": len(merged),
-               "rejected": {"duplicate": sum(s["duplicates_of_earlier"] for s in source_stats.values()),
-                            "over_cap": sum(s["over_cap"] for s in source_stats.values())}}
-    write_outputs(out_dir, merged, report, summary, build_fp)
-    return report

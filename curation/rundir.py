@@ -1,0 +1,206 @@
+"""The run directory: where each stage keeps its data, markers and summary (ARCHITECTURE.md,
+"The run directory").
+
+A run directory is a local path or an object-store URL bound to a :class:`~curation.storage.Storage`.
+Every stage owns one folder (``RUN/<folder>/``) and one reject folder (``RUN/rejects/<stage>/``).
+Inside a stage folder, data files are plain parquet of one schema; everything else is
+``_``-prefixed, which pandas, pyarrow, Spark and DuckDB all skip:
+
+* ``_STARTED``      the fingerprint of the work in progress (resume keeps its units),
+* ``_units/N.json`` one marker per finished work unit (written last by the unit),
+* ``_summary.json`` in / out / rejected-by-reason and the stage's own figures,
+* ``_SUCCESS``      written last, with the fingerprint: the stage is complete.
+
+Nothing absolute is stored inside a run, so a run directory can be copied or moved.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from curation.errors import InputError
+from curation.storage import Storage, absolute, join
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS"
+STARTED = "_STARTED"
+SUMMARY = "_summary.json"
+UNITS = "_units"
+REJECTS = "rejects"
+
+REJECT_SCHEMA = pa.schema([("uid", pa.string()), ("stage", pa.string()),
+                           ("reason", pa.string()), ("detail", pa.string())])
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable digest of JSON-able parts (config values, upstream fingerprints, input stamps)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class StageDir:
+    """One stage's folder and reject folder, with its markers."""
+
+    def __init__(self, url: str, storage: Storage, rejects_url: str | None = None, name: str = "") -> None:
+        self.url = url
+        self.storage = storage
+        self.rejects_url = rejects_url
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"StageDir({self.url!r})"
+
+    def path(self, *parts: str) -> str:
+        return join(self.url, *parts)
+
+    def rejects(self, *parts: str) -> str:
+        if self.rejects_url is None:
+            raise ValueError(f"{self.url} has no reject folder")
+        return join(self.rejects_url, *parts)
+
+    # ------------------------------------------------------------------ markers
+    def _read_marker(self, name: str) -> dict | None:
+        """A JSON marker; None when absent. An empty or unreadable marker counts as absent (with
+        a warning): a zero-byte file left by a crashed copy must not crash the run."""
+        url = self.path(name)
+        try:
+            raw = self.storage.read_bytes(url)
+        except (FileNotFoundError, OSError):
+            return None
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            log.warning("%s is not a marker this tool wrote (%d bytes of non-JSON); ignoring it", url, len(raw))
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def success(self) -> dict | None:
+        return self._read_marker(SUCCESS)
+
+    def started(self) -> dict | None:
+        return self._read_marker(STARTED)
+
+    def summary(self) -> dict | None:
+        return self._read_marker(SUMMARY)
+
+    def is_complete(self) -> bool:
+        return self.success() is not None
+
+    def mark_started(self, fp: str) -> None:
+        self.storage.write_json(self.path(STARTED), {"fingerprint": fp, "started_at": utc_now()})
+
+    def write_summary(self, summary: dict) -> None:
+        self.storage.write_json(self.path(SUMMARY), summary)
+
+    def write_success(self, fp: str, **extra: Any) -> None:
+        self.storage.write_json(self.path(SUCCESS), {"fingerprint": fp, "finished_at": utc_now(), **extra})
+        self.storage.remove(self.path(STARTED))
+
+    def reset(self, keep: Sequence[str] = ()) -> None:
+        """Empty the stage folder and its reject folder (files named in ``keep`` survive)."""
+        kept = {}
+        for name in keep:
+            url = self.path(name)
+            if self.storage.exists(url):
+                kept[name] = self.storage.read_bytes(url)
+        self.storage.remove(self.url)
+        if self.rejects_url:
+            self.storage.remove(self.rejects_url)
+        self.storage.makedirs(self.url)
+        for name, data in kept.items():
+            self.storage.write_bytes(self.path(name), data)
+
+    # ------------------------------------------------------------------ work units
+    def unit_marker(self, unit_id: int) -> str:
+        return self.path(UNITS, f"{unit_id:06d}.json")
+
+    def write_unit(self, unit_id: int, summary: dict) -> None:
+        self.storage.write_json(self.unit_marker(unit_id), summary)
+
+    def done_units(self) -> dict[int, dict]:
+        """Markers of finished units (an unreadable one is ignored: that unit runs again)."""
+        url = self.path(UNITS)
+        if not self.storage.exists(url):
+            return {}
+        done = {}
+        for f in self.storage.list_files(url, ".json"):
+            try:
+                d = json.loads(self.storage.read_bytes(f).decode("utf-8"))
+                done[int(d["unit"])] = d
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                log.warning("%s is unreadable; its unit runs again", f)
+        return done
+
+    def part_files(self, prefix: str = "part-") -> list[str]:
+        """The stage's data part files (``part-*.parquet``), sorted."""
+        if not self.storage.exists(self.url):
+            return []
+        return [f for f in self.storage.list_files(self.url, ".parquet")
+                if f.rsplit("/", 1)[-1].startswith(prefix)]
+
+
+class RunDir:
+    """A run directory bound to its storage. The URL is made absolute here, once, on the driver."""
+
+    def __init__(self, url: str, storage: Storage | None = None) -> None:
+        if not url:
+            raise InputError("no run directory given (config key `run_dir`, or --out)")
+        self.storage = storage or Storage.from_env()
+        self.url = absolute(url)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.url!r})"
+
+    def path(self, *parts: str) -> str:
+        return join(self.url, *parts)
+
+    def stage(self, name: str, folder: str | None = None) -> StageDir:
+        return StageDir(self.path(folder or name), self.storage, self.path(REJECTS, name), name)
+
+    def exists(self) -> bool:
+        return self.storage.exists(self.url)
+
+
+# --------------------------------------------------------------------------- reject rows
+def _labels(codes: np.ndarray, names: Sequence[str]) -> pa.Array:
+    """A string column from small integer codes (Arrow dictionary decode, no per-row Python)."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(list(names))).cast(pa.string())
+
+
+def reject_table(uids: pa.Array, stage: str, codes: np.ndarray, names: Sequence[str],
+                 details: dict[int, str] | Sequence[str] | pa.Array | None = None) -> pa.Table:
+    """Reject rows ``uid, stage, reason, detail``: ``reason = names[code]`` per row. ``details``
+    is a full column, or a map row -> detail for the few rows that carry one ("" elsewhere)."""
+    n = len(uids)
+    if details is None or (isinstance(details, dict) and not details):
+        detail = _labels(np.zeros(n, np.int8), ("",))
+    elif isinstance(details, dict):
+        col = [""] * n
+        for i, d in details.items():
+            col[i] = d
+        detail = pa.array(col, pa.string())
+    else:
+        detail = details if isinstance(details, pa.Array) else pa.array(list(details), pa.string())
+    return pa.Table.from_arrays([uids, _labels(np.zeros(n, np.int8), (stage,)), _labels(codes, names), detail],
+                                schema=REJECT_SCHEMA)
+
+
+def reject_rows(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Reject rows from dicts (for stages with few rejects, e.g. per image)."""
+    return pa.Table.from_pylist(list(rows), schema=REJECT_SCHEMA)
+
+
+def reason_counts(codes: np.ndarray, names: Sequence[str]) -> dict[str, int]:
+    """``{reason: rows}`` of the non-zero codes."""
+    binc = np.bincount(codes.astype(np.int64), minlength=len(names))
+    return {names[c]: int(binc[c]) for c in range(1, len(names)) if binc[c]}
