@@ -21,6 +21,9 @@ Nothing here downloads anything. Supported sources (see :func:`load_dataset`):
 Results are keyed by the dataset's name: the built-in name, ``heldout``, the basename of a path
 (``RUN/heldout`` → ``heldout``), or an explicit ``NAME=SPEC``.
 
+Every path may be local or an object-store URL: files are read through a
+:class:`~curation.storage.Storage` (``storage=None`` means ``Storage.from_env()``).
+
 Keys are what the overlap report joins on (``dedup/overlap.parquet`` column ``key``): folder
 images use their path relative to the root without extension, shards the WebDataset ``__key__``,
 parquet the ``key`` column (else the row index), digits the zero-padded row index.
@@ -35,11 +38,11 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-import fsspec
 import numpy as np
 from PIL import Image
 
 from curation.errors import InputError
+from curation.storage import Storage, join
 
 log = logging.getLogger(__name__)
 
@@ -144,20 +147,14 @@ def load_digits_dataset(image_size: int = 64, classnames: str = "words") -> Eval
 
 
 # --------------------------------------------------------------------------- shards
-def expand_shards(pattern: str) -> list[str]:
-    """Shard URLs of a brace pattern, a single tar, or a folder of tars (sorted)."""
-    from braceexpand import braceexpand
-
-    if "{" in pattern:
-        return list(braceexpand(pattern))
-    fs, path = fsspec.core.url_to_fs(pattern)
-    if fs.isdir(path):
-        found = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".tar"))
-        if not found:
-            raise InputError(f"no .tar shards in folder {pattern}")
-        proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-        return found if proto in ("file", "local") else [f"{proto}://{p}" for p in found]
-    return [pattern]
+def expand_shards(pattern: str, storage: Storage | None = None) -> list[str]:
+    """Shard URLs of a brace pattern (several joined by ``::``), a glob, a single tar, or a
+    folder of tars (sorted); a missing shard is an ``InputError`` naming it."""
+    storage = storage or Storage.from_env()
+    if "{" not in pattern and "::" not in pattern and storage.isdir(pattern) \
+            and not storage.glob(pattern, "*.tar"):
+        raise InputError(f"no .tar shards in folder {pattern}")
+    return storage.expand(pattern)
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -167,9 +164,10 @@ def _split_key(name: str) -> tuple[str, str]:
     return posixpath.join(dirname, stem) if dirname else stem, ext.lower()
 
 
-def iter_tar_samples(url: str) -> Iterator[dict[str, bytes]]:
+def iter_tar_samples(url: str, storage: Storage | None = None) -> Iterator[dict[str, bytes]]:
     """Samples of one tar as {"__key__": key, ext: bytes}, consecutive members grouped by key."""
-    with fsspec.open(url, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+    storage = storage or Storage.from_env()
+    with storage.open(url, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
         current: dict | None = None
         for member in tar:
             if not member.isfile():
@@ -199,10 +197,11 @@ def _captions_from(sample: dict, meta: dict | None) -> list[str]:
     return [caption] if caption else []
 
 
-def load_webdataset(pattern: str, name: str | None = None,
-                    classnames: Sequence[str] | None = None) -> EvalDataset:
+def load_webdataset(pattern: str, name: str | None = None, classnames: Sequence[str] | None = None,
+                    storage: Storage | None = None) -> EvalDataset:
     """Read WebDataset shards into memory (images stay encoded). Meant for eval-sized sets."""
-    urls = expand_shards(pattern)
+    storage = storage or Storage.from_env()
+    urls = expand_shards(pattern, storage)
     keys: list[str] = []
     images: list[ImageSource] = []
     captions: list[list[str]] = []
@@ -210,7 +209,7 @@ def load_webdataset(pattern: str, name: str | None = None,
     skipped = 0
     for url in urls:
         try:
-            for sample in iter_tar_samples(url):
+            for sample in iter_tar_samples(url, storage):
                 img_ext = next((e for e in IMAGE_EXTS if e in sample), None)
                 if img_ext is None:
                     skipped += 1
@@ -246,9 +245,9 @@ def load_webdataset(pattern: str, name: str | None = None,
 
 
 # --------------------------------------------------------------------------- folders
-def load_image_folder(root: str, name: str | None = None) -> EvalDataset:
+def load_image_folder(root: str, name: str | None = None, storage: Storage | None = None) -> EvalDataset:
     """``root/<class>/<img>`` (classification) or flat ``root/<key>.jpg`` + ``<key>.txt``."""
-    fs, base = fsspec.core.url_to_fs(root)
+    fs, base = (storage or Storage.from_env()).fs(root)
     base = base.rstrip("/")
     files = sorted(fs.find(base))
     rel = [posixpath.relpath(p, base) for p in files]
@@ -279,14 +278,15 @@ def load_image_folder(root: str, name: str | None = None) -> EvalDataset:
 
 
 def write_image_folder(dataset: EvalDataset, root: str, fmt: str = "png",
-                       flat: bool = False) -> list[str]:
+                       flat: bool = False, storage: Storage | None = None) -> list[str]:
     """Write a dataset as images on disk, e.g. so ``metacurate evalsets hash`` can hash digits.
 
     ``flat=True`` writes ``root/<key>.<fmt>``, so hashed keys equal the dataset's own keys (what
     the overlap report needs). Otherwise classification sets go to ``root/<class>/<key>.<fmt>``
     (the folder loader then reports keys ``<class>/<key>``). Captions go to ``<key>.txt``.
+    Files are written plainly, not one by one atomically: the folder is a scratch copy.
     """
-    fs, base = fsspec.core.url_to_fs(root)
+    fs, base = (storage or Storage.from_env()).fs(root)
     written = []
     for i, key in enumerate(dataset.keys):
         sub = (dataset.classnames[dataset.labels[i]].replace(" ", "_") + "/"
@@ -308,12 +308,12 @@ _IMAGE_COLS = ("image", "jpg", "img", "image_bytes")
 _CAPTION_COLS = ("captions", "caption", "text", "txt")
 
 
-def load_parquet(path: str, name: str | None = None,
-                 classnames: Sequence[str] | None = None) -> EvalDataset:
+def load_parquet(path: str, name: str | None = None, classnames: Sequence[str] | None = None,
+                 storage: Storage | None = None) -> EvalDataset:
     """Parquet with image bytes; class names from the argument or schema metadata ``classnames``."""
     import pyarrow.dataset as ds
 
-    fs, p = fsspec.core.url_to_fs(path)
+    fs, p = (storage or Storage.from_env()).fs(path)
     source: str | list[str] = sorted(fs.glob(p)) if "*" in p else p
     if not source:
         raise InputError(f"no parquet files match {path}")
@@ -347,13 +347,12 @@ def load_parquet(path: str, name: str | None = None,
 
 
 # --------------------------------------------------------------------------- resolver
-def _heldout(run: str) -> EvalDataset:
-    folder = posixpath.join(run.rstrip("/"), "heldout")
-    fs, p = fsspec.core.url_to_fs(folder)
-    if not fs.isdir(p):
+def _heldout(run: str, storage: Storage) -> EvalDataset:
+    folder = join(run.rstrip("/"), "heldout")
+    if not storage.isdir(folder):
         raise InputError(f"no held-out split at {folder}: it must be a folder of WebDataset "
                          "shards (*.tar) set aside from training")
-    return load_webdataset(folder, name="heldout")
+    return load_webdataset(folder, name="heldout", storage=storage)
 
 
 BUILTINS: dict[str, Callable[..., EvalDataset]] = {
@@ -372,37 +371,37 @@ def default_name(spec: str) -> str:
     return base.rsplit(".", 1)[0] if base.endswith((".tar", ".parquet")) else base
 
 
-def load_dataset(spec: str, image_size: int = 64, classnames: Sequence[str] | None = None
-                 ) -> EvalDataset:
+def load_dataset(spec: str, image_size: int = 64, classnames: Sequence[str] | None = None,
+                 storage: Storage | None = None) -> EvalDataset:
     """Resolve a dataset spec: a built-in name, ``heldout:RUN``, shards, a folder or parquet.
 
     ``NAME=SPEC`` names the dataset explicitly (the name keys the results and must equal the
     name its images were hashed under for the overlap report); otherwise paths are named by
     :func:`default_name`.
     """
+    storage = storage or Storage.from_env()
     name, sep, rest = spec.partition("=")
     if sep and name and "/" not in name and ":" not in name:
-        ds = load_dataset(rest, image_size, classnames)
+        ds = load_dataset(rest, image_size, classnames, storage)
         ds.name = name
         return ds
     if spec in BUILTINS:
         return BUILTINS[spec](image_size)
     if spec.startswith("heldout:"):
-        return _heldout(spec[len("heldout:"):])
+        return _heldout(spec[len("heldout:"):], storage)
     name = default_name(spec)
     if "{" in spec or spec.endswith(".tar"):
-        return load_webdataset(spec, name=name, classnames=classnames)
+        return load_webdataset(spec, name=name, classnames=classnames, storage=storage)
     if spec.endswith(".parquet") or "*" in spec:
-        return load_parquet(spec, name=name, classnames=classnames)
-    fs, p = fsspec.core.url_to_fs(spec)
-    if not fs.exists(p):
+        return load_parquet(spec, name=name, classnames=classnames, storage=storage)
+    if not storage.exists(spec):
         raise InputError(f"dataset {spec!r} not found: use a built-in ({', '.join(BUILTINS)}), "
                          "heldout:RUN, a shard pattern, a folder, or a parquet path")
-    if fs.isdir(p):
-        names = fs.ls(p, detail=False)
+    if storage.isdir(spec):
+        names = storage.ls(spec)
         if any(n.endswith(".tar") for n in names):
-            return load_webdataset(spec, name=name, classnames=classnames)
+            return load_webdataset(spec, name=name, classnames=classnames, storage=storage)
         if any(n.endswith(".parquet") for n in names):
-            return load_parquet(spec, name=name, classnames=classnames)
-        return load_image_folder(spec, name=name)
+            return load_parquet(spec, name=name, classnames=classnames, storage=storage)
+        return load_image_folder(spec, name=name, storage=storage)
     raise InputError(f"cannot tell the format of {spec!r} (expected .tar, .parquet or a folder)")

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from curation.storage import Storage
 from eval.datasets import EvalDataset, load_dataset
 from eval.features import as_numpy, check_model, encode_images, encode_texts
 from eval.linear_probe import evaluate_linear_probe
@@ -29,7 +30,7 @@ class EvalPlan:
     retrieval: Sequence[str] = ()
     linear_probe: Sequence[str] = ()
     templates: Sequence[str] | None = None  # None: the built-in set for each dataset
-    overlap: str | None = None  # RUN dir or overlap parquet
+    overlap: str | None = None  # the overlap table: a parquet file or a folder of parts
     overlap_max_hamming: int | None = None
     batch_size: int = 64
     max_samples: int | None = None
@@ -37,9 +38,9 @@ class EvalPlan:
     cache: dict = field(default_factory=dict)
 
 
-def _load(plan: EvalPlan, spec: str, image_size: int) -> EvalDataset:
+def _load(plan: EvalPlan, spec: str, image_size: int, storage: Storage) -> EvalDataset:
     if spec not in plan.cache:
-        ds = load_dataset(spec, image_size=image_size)
+        ds = load_dataset(spec, image_size=image_size, storage=storage)
         if plan.max_samples and len(ds) > plan.max_samples:
             rng = np.random.default_rng(plan.seed)
             ds = ds.subset(np.sort(rng.choice(len(ds), plan.max_samples, replace=False)))
@@ -56,11 +57,14 @@ def _features(plan: EvalPlan, spec: str, model: Any, ds: EvalDataset) -> torch.T
 
 
 def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
-                   samples_seen: int | None = None, compute_gmacs: float | None = None) -> dict:
-    """Run every task of ``plan`` on ``model``; returns the results dict (see ``eval.report``)."""
+                   samples_seen: int | None = None, compute_gmacs: float | None = None,
+                   storage: Storage | None = None) -> dict:
+    """Run every task of ``plan`` on ``model``; returns the results dict (see ``eval.report``).
+    Datasets and the overlap table are read through ``storage`` (local paths or object stores)."""
+    storage = storage or Storage.from_env()
     check_model(model)
     size = int(model.image_size)
-    overlap_table = load_overlap(plan.overlap) if plan.overlap else None
+    overlap_table = load_overlap(plan.overlap, storage) if plan.overlap else None
 
     def overlap_for(ds: EvalDataset) -> set[str]:
         return overlapping_keys(overlap_table, ds.name, plan.overlap_max_hamming)
@@ -69,7 +73,7 @@ def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
     results = new_results(checkpoint, model, samples_seen, compute_gmacs=compute_gmacs)
 
     for spec in plan.zeroshot:
-        ds = _load(plan, spec, size)
+        ds = _load(plan, spec, size, storage)
         feats = _features(plan, spec, model, ds)
         embed_dim = int(feats.shape[1])
         r = evaluate_zeroshot(model, ds, plan.templates, image_features=feats)
@@ -79,7 +83,7 @@ def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
         results["zeroshot"][ds.name] = out
 
     for spec in plan.retrieval:
-        ds = _load(plan, spec, size)
+        ds = _load(plan, spec, size, storage)
         ds.require_captions("retrieval")
         feats = _features(plan, spec, model, ds)
         embed_dim = int(feats.shape[1])
@@ -102,7 +106,7 @@ def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
         log.info("retrieval %s: i2t %s t2i %s", ds.name, r.image_to_text, r.text_to_image)
 
     for spec in plan.linear_probe:
-        ds = _load(plan, spec, size)
+        ds = _load(plan, spec, size, storage)
         feats = _features(plan, spec, model, ds)
         embed_dim = int(feats.shape[1])
         r = evaluate_linear_probe(model, ds, seed=plan.seed, features=as_numpy(feats))

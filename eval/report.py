@@ -21,10 +21,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import html
+import io
 import json
 import os
-from pathlib import Path
 from typing import Any, Iterable
+
+from curation.storage import Storage, join
 
 SCHEMA = "metacurate.eval/1"
 
@@ -38,8 +40,8 @@ def new_results(checkpoint: str, model: Any, samples_seen: int | None = None,
     if samples_seen is None:
         seen = getattr(model, "samples_seen", None)
         samples_seen = int(seen) if seen is not None else None
-    if compute_gmacs is None:
-        compute_gmacs = getattr(model, "compute_gmacs", None)
+        if compute_gmacs is None:  # the recorded compute belongs with the recorded samples only
+            compute_gmacs = getattr(model, "compute_gmacs", None)
     if compute_gmacs is None and gmacs is not None and samples_seen:
         compute_gmacs = gmacs * samples_seen
     return {
@@ -74,15 +76,14 @@ def flatten_metrics(results: dict) -> dict[str, float]:
     return out
 
 
-def write_results(results: dict, path: str | Path) -> Path:
-    """Write the JSON atomically (temporary name, then rename) with ``metrics`` filled in."""
+def write_results(results: dict, path: str | os.PathLike, storage: Storage | None = None) -> str:
+    """Write the JSON atomically (local: temporary name, then rename; object stores: one PUT)
+    with ``metrics`` filled in; returns the path written."""
     results["metrics"] = flatten_metrics(results)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    url = os.fspath(path)
+    (storage or Storage.from_env()).write_bytes(
+        url, (json.dumps(results, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+    return url
 
 
 def format_table(results: dict) -> str:
@@ -122,15 +123,16 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
 
-def write_summary(results: dict, out_dir: str | Path) -> Path:
-    """``out_dir/index.html`` with the metric table and one PNG per zero-shot/retrieval set."""
+def write_summary(results: dict, out_dir: str | os.PathLike, storage: Storage | None = None) -> str:
+    """``out_dir/index.html`` with the metric table and one PNG per zero-shot/retrieval set;
+    returns the page's path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or Storage.from_env()
+    out = os.fspath(out_dir)
     figs: list[tuple[str, str]] = []
 
     def save(fig, ax, task: str, ds: str, title: str) -> None:
@@ -138,8 +140,10 @@ def write_summary(results: dict, out_dir: str | Path) -> Path:
         ax.set_title(title)
         fig.tight_layout()
         fname = f"{task}_{_safe(ds)}.png"
-        fig.savefig(out / fname)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
         plt.close(fig)
+        storage.write_bytes(join(out, fname), buf.getvalue())
         figs.append((f"{task} {ds}", fname))
 
     for ds, r in results.get("zeroshot", {}).items():
@@ -180,16 +184,19 @@ GMACs/sample {model.get('gmacs_per_sample')}, samples seen {results.get('samples
 {imgs}
 </body></html>
 """
-    (out / "index.html").write_text(page, encoding="utf-8")
-    return out / "index.html"
+    page_url = join(out, "index.html")
+    storage.write_bytes(page_url, page.encode("utf-8"))
+    return page_url
 
 
-def collect_csv(json_paths: Iterable[str | Path], out_csv: str | Path) -> Path:
-    """One CSV row per results JSON (checkpoint, compute columns, every flat metric)."""
+def collect_csv(json_paths: Iterable[str | os.PathLike], out_csv: str | os.PathLike,
+                storage: Storage | None = None) -> str:
+    """One CSV row per results JSON (checkpoint, compute columns, every flat metric); returns the CSV path."""
+    storage = storage or Storage.from_env()
     rows, columns = [], ["checkpoint", "gmacs_per_sample", "samples_seen", "compute"]
     for p in json_paths:
-        r = json.loads(Path(p).read_text(encoding="utf-8"))
-        if r.get("schema", "").split("/")[0] != SCHEMA.split("/")[0]:
+        r = storage.read_json(os.fspath(p))
+        if not isinstance(r, dict) or str(r.get("schema", "")).split("/")[0] != SCHEMA.split("/")[0]:
             raise ValueError(f"{p} is not a metacurate eval results file")
         flat = r.get("metrics") or flatten_metrics(r)
         row = {"checkpoint": r.get("checkpoint"),
@@ -200,11 +207,11 @@ def collect_csv(json_paths: Iterable[str | Path], out_csv: str | Path) -> Path:
             if k not in columns:
                 columns.append(k)
         rows.append(row)
-    out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    return out
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=columns)
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    url = os.fspath(out_csv)
+    storage.write_bytes(url, text.getvalue().encode("utf-8"))
+    return url

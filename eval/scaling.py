@@ -11,15 +11,17 @@ bootstrap over the frontier points.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from curation.errors import InputError
+from curation.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -160,19 +162,21 @@ def fit_scaling(compute: Sequence[float], error: Sequence[float], bins_per_decad
 
 
 # --------------------------------------------------------------------------- I/O
-def load_results_csv(path: str | Path, error_column: str | None = None,
-                     accuracy_column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_results_csv(path: str | os.PathLike, error_column: str | None = None,
+                     accuracy_column: str | None = None,
+                     storage: Storage | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(compute, error) from a CSV with one row per run.
 
     Compute: a ``compute`` column (GMACs), else ``gmacs_per_sample`` × ``samples_seen``.
     Error: ``error_column`` (default ``error``), or ``1 − accuracy_column`` (e.g. a metric name
     written by ``metacurate scaling collect`` such as ``zeroshot/digits/top1``).
     """
-    p = Path(path)
-    if not p.exists():
+    storage = storage or Storage.from_env()
+    p = os.fspath(path)
+    if not storage.isfile(p):
         raise InputError(f"results CSV {p} does not exist")
-    with p.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    text = storage.read_bytes(p).decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if not rows:
         raise InputError(f"{p} has no rows")
     cols = set(rows[0])
@@ -196,8 +200,9 @@ def load_results_csv(path: str | Path, error_column: str | None = None,
     return np.asarray(compute), np.asarray(error)
 
 
-def plot_fit(fit: ScalingFit, path: str | Path, title: str = "scaling law") -> Path:
-    """Log-log plot: all runs, the frontier, and the fitted law."""
+def plot_fit(fit: ScalingFit, path: str | os.PathLike, title: str = "scaling law",
+             storage: Storage | None = None) -> str:
+    """Log-log plot: all runs, the frontier, and the fitted law (a PNG); returns its path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,8 +223,9 @@ def plot_fit(fit: ScalingFit, path: str | Path, title: str = "scaling law") -> P
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    out = os.fspath(path)
+    (storage or Storage.from_env()).write_bytes(out, buf.getvalue())
     return out

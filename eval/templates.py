@@ -9,10 +9,11 @@ list of strings. Every template must contain ``{}`` (or ``{c}``) where the class
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 from typing import Sequence
 
 from curation.errors import InputError
+from curation.storage import Storage
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
@@ -73,13 +74,14 @@ def validate_templates(templates: Sequence[str], source: str = "templates") -> l
     return out
 
 
-def load_templates(path: str | Path) -> list[str]:
-    """Read templates from a text file (one per line) or a JSON list."""
-    p = Path(path)
-    if not p.exists():
+def load_templates(path: str | os.PathLike, storage: Storage | None = None) -> list[str]:
+    """Read templates from a text file (one per line) or a JSON list (local or on an object store)."""
+    storage = storage or Storage.from_env()
+    p = os.fspath(path)
+    if not storage.isfile(p):
         raise InputError(f"templates file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".json" or text.lstrip().startswith("["):
+    text = storage.read_bytes(p).decode("utf-8")
+    if p.endswith(".json") or text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except ValueError as exc:
@@ -89,7 +91,7 @@ def load_templates(path: str | Path) -> list[str]:
     else:
         items = [ln.strip() for ln in text.splitlines()
                  if ln.strip() and not ln.lstrip().startswith("#")]
-    return validate_templates(items, str(p))
+    return validate_templates(items, p)
 
 
 def fill(template: str, classname: str) -> str:

@@ -1,10 +1,12 @@
-"""Model sizes (``CONFIGS``), without torch: the command line lists them in ``--help`` and a
-checkpoint's config is read back through ``ModelConfig.from_dict``, neither of which should pay
-torch's ~2 s import."""
+"""Model sizes (``CONFIGS``) and the training settings (``TrainConfig``), without torch: the
+command line builds ``metacurate train --help`` from them and a checkpoint's config is read back
+through ``ModelConfig.from_dict``, none of which should pay torch's ~2 s import."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+from curation.settings import SettingError, setting
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,74 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in CONFIGS:
         raise ValueError(f"unknown model config {name!r}; choose one of {sorted(CONFIGS)}")
     return replace(CONFIGS[name], **overrides)
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of ``metacurate train``: the flags, their defaults and help are made from
+    these fields (``curation.settings.add_flags``), so each is written once."""
+
+    shards: str = setting("", "shard brace pattern(s), a folder or a glob; several sources joined with '::' "
+                              "(required)", metavar="PATTERN", aliases=("--train-data",))
+    out: str = setting("", "output folder, local or s3://... (config.json, tokenizer.json, metrics.jsonl, "
+                           "checkpoints/) (required)", metavar="DIR")
+    model: str = setting("tiny", "model size", choices=sorted(CONFIGS))
+    steps: int = setting(1000, "total optimizer steps", minimum=1)
+    batch_size: int = setting(64, "per-rank batch size", minimum=1)
+    lr: float = setting(5e-4, "peak learning rate (after warmup)", minimum=0, finite=True)
+    weight_decay: float = setting(0.2, "AdamW weight decay", minimum=0, finite=True)
+    beta1: float = setting(0.9, "AdamW beta1", minimum=0, finite=True)
+    beta2: float = setting(0.98, "AdamW beta2", minimum=0, finite=True)
+    eps: float = setting(1e-6, "AdamW epsilon", minimum=0, finite=True)
+    warmup_steps: int | None = setting(None, "linear warmup steps; none: 10% of --steps (at most 2000)",
+                                       minimum=0)
+    grad_clip: float = setting(1.0, "max grad norm (0 disables)", minimum=0, finite=True)
+    mask_ratio: float = setting(0.0, "FLIP patch drop ratio, e.g. 0.5 or 0.75", minimum=0, finite=True)
+    unmasked_steps: int = setting(0, "FLIP's unmasked tuning: the last N steps run at mask ratio 0", minimum=0)
+    save_every: int = setting(500, "checkpoint every N steps", minimum=1)
+    log_every: int = setting(10, "metrics.jsonl line every N steps", minimum=1)
+    seed: int = setting(0, "seed of the initialisation, data order, crops and masks")
+    workers: int = setting(2, "data loader worker processes per rank", minimum=0)
+    shuffle_buffer: int = setting(1000, "samples in the shuffle buffer of each data loader worker", minimum=0)
+    online_balance: bool = setting(False, "keep a sample iff u(seed+epoch, uid) < p_keep from its json "
+                                          "(re-draws the balanced subset every epoch)")
+    tokenizer: str = setting("bpe", "'bpe' (trained on the shards' captions), 'bytes', or a tokenizer.json file")
+    vocab_size: int = setting(4096, "BPE vocabulary size", minimum=1)
+    resume: str | None = setting(None, "a checkpoint file, a run dir, or 'auto' (the latest in --out, if any)")
+    stop_after: int | None = setting(None, "stop (with a checkpoint) at this step while keeping the --steps "
+                                           "schedule", minimum=1)
+    threads: int | None = setting(None, "torch CPU threads", minimum=1)
+    progress: bool = setting(True, "show the progress bar")
+    precision: str = setting("auto", "auto: bf16 autocast on GPU, fp32 on CPU; bf16 forces autocast (also on "
+                                     "CPU); weights and optimizer state stay fp32 either way", choices=PRECISIONS)
+
+    def validate(self) -> None:
+        """Rules between fields and the ones a directly built config must meet too (``build``
+        checks choices and minimums of values it is given; a config made in Python skips that)."""
+        if not self.shards:
+            raise SettingError("shards", "is required: give the training shards, e.g. "
+                                         "'RUN/shards/{000000..000009}.tar'")
+        if not self.out:
+            raise SettingError("out", "is required: give the output folder (local or s3://...)")
+        if self.model not in CONFIGS:
+            raise SettingError("model", f"must be one of {sorted(CONFIGS)}, got {self.model!r}")
+        for key in ("steps", "batch_size", "save_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise SettingError(key, f"must be positive, got {getattr(self, key)}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise SettingError("mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
+        if not 0 <= self.unmasked_steps <= self.steps:
+            raise SettingError("unmasked_steps", f"must be between 0 and --steps ({self.steps}), "
+                                                 f"got {self.unmasked_steps}")
+        if self.precision not in PRECISIONS:
+            raise SettingError("precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.workers < 0:
+            raise SettingError("workers", f"must be >= 0, got {self.workers}")
+
+
+def flag_of(key: str) -> str:
+    """The command-line flag of a setting (``batch_size`` -> ``--batch-size``)."""
+    return "--" + key.replace("_", "-")

@@ -1,13 +1,16 @@
 """WebDataset loader for our shards, with exact resume and optional online balancing.
 
 Shards are read with the ``webdataset`` library's tar iterators (local paths, ``http(s)://`` and
-``pipe:`` via its ``gopen``; ``s3://`` and other object stores via fsspec), given as brace patterns, several sources joined with ``::``
+``pipe:`` via its ``gopen``; ``s3://`` and other object stores through a
+:class:`~curation.storage.Storage`, which travels to the DataLoader workers so they need no
+``AWS_*`` variables), given as brace patterns, folders or globs, several sources joined with ``::``
 (open_clip's convention) or a list. The stream of each *consumer* (one DataLoader worker of one
 rank) is a pure function of ``(seed, epoch, consumer)``:
 
   shards shuffled by ``seed + epoch`` -> this consumer's shards (or every n-th sample when there
   are fewer shards than consumers) -> online balancing (keep iff ``u(seed + epoch, uid) < p_keep``,
-  DESIGN §4) -> a seeded shuffle buffer -> decode (bad samples skipped and counted) -> batches.
+  ARCHITECTURE.md, "Balancing") -> a seeded shuffle buffer -> decode (bad samples skipped and
+  counted) -> batches.
 
 A consumer's position is ``(epoch, pos)`` with ``pos`` = samples taken from its shuffle buffer,
 counted *before* decoding; resuming replays the cheap part of the stream (tar reading) and skips
@@ -21,7 +24,6 @@ import io
 import json
 import logging
 import math
-import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ import torch
 from PIL import Image
 
 from curation.errors import InputError
+from curation.storage import Storage, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +46,48 @@ _WARN_LIMIT = 20
 
 
 # --------------------------------------------------------------------------- shard lists
-def expand_shards(spec: str | Sequence[str]) -> list[str]:
-    """Brace-expand one or more shard patterns (``a/{000..009}.tar::b/{0..3}.tar`` or a list)."""
+def _passthrough(source: str) -> bool:
+    """Sources webdataset opens itself (and that have no cheap existence check)."""
+    return source.startswith(("pipe:", "http://", "https://"))
+
+
+def expand_shards(spec: str | Sequence[str], storage: Storage | None = None) -> list[str]:
+    """Shard URLs of brace patterns, folders or globs (``a/{000..009}.tar::b/{0..3}.tar`` or a list).
+
+    Shards that do not exist are skipped with a warning (a run whose last shards failed to
+    download still trains on the rest); nothing found at all is an ``InputError``."""
     from braceexpand import braceexpand
 
-    patterns = spec.split("::") if isinstance(spec, str) else list(spec)
+    storage = storage or Storage.from_env()
+    sources = spec.split("::") if isinstance(spec, str) else [str(s) for s in spec]
     urls: list[str] = []
-    for pattern in patterns:
-        pattern = pattern.strip()
-        if pattern:
-            urls.extend(braceexpand(pattern))
-    local = [u for u in urls if not u.startswith("pipe:") and ("://" not in u or u.startswith("file://"))]
-    missing = [u for u in local if not os.path.exists(u.removeprefix("file://"))]
+    missing: list[str] = []
+    for source in (s.strip() for s in sources):
+        if not source:
+            continue
+        if _passthrough(source):
+            urls.extend(braceexpand(source))
+            continue
+        try:
+            urls.extend(storage.expand(source))
+        except InputError:  # some are missing: find which, one pattern at a time
+            for pattern in braceexpand(source):
+                try:
+                    urls.extend(storage.expand(pattern))
+                except InputError:
+                    missing.append(pattern)
     if missing:
-        log.warning("%d of %d shards do not exist and are skipped (first: %s)", len(missing), len(urls), missing[0])
-        urls = [u for u in urls if u not in set(missing)]
+        log.warning("%d of %d shards do not exist and are skipped (first: %s)", len(missing),
+                    len(missing) + len(urls), missing[0])
     if not urls:
         raise InputError(f"no shards found for {spec!r}; give a path or brace pattern such as "
                          "'RUN/shards/{000000..000009}.tar'")
     return urls
 
 
-def dataset_size(urls: Sequence[str]) -> int | None:
+def dataset_size(urls: Sequence[str], storage: Storage | None = None) -> int | None:
     """Total samples from each source's ``sizes.json`` (open_clip's format), or None if unknown."""
-    import fsspec
-
+    storage = storage or Storage.from_env()
     by_dir: dict[str, list[str]] = {}
     for url in urls:
         head, _, base = url.rpartition("/")
@@ -75,32 +95,36 @@ def dataset_size(urls: Sequence[str]) -> int | None:
     total = 0
     for directory, bases in by_dir.items():
         try:
-            with fsspec.open(f"{directory}/sizes.json", "r") as fh:
-                sizes = json.load(fh)
+            sizes = storage.read_json(f"{directory}/sizes.json")
             total += sum(int(sizes[b]) for b in bases)
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             log.info("no usable sizes.json in %s (%s): dataset size unknown", directory, exc)
             return None
     return total
 
 
-def open_shards(urls: Sequence[str], handler) -> Iterator[dict]:
-    """``{"url", "stream"}`` per shard: object stores (``s3://``, ``gs://``, ...) through fsspec,
-    local paths, ``http(s)://`` and ``pipe:`` through webdataset's own opener."""
+def open_shards(urls: Sequence[str], handler, storage: Storage | None = None) -> Iterator[dict]:
+    """``{"url", "stream"}`` per shard: object stores (``s3://``, ``gs://``, ...) through ``storage``,
+    local paths, ``http(s)://`` and ``pipe:`` through webdataset's own opener. A stream is closed
+    once the consumer moves on to the next shard."""
     from webdataset.tariterators import url_opener
 
+    storage = storage or Storage.from_env()
     for url in urls:
-        scheme = url.split("://", 1)[0] if "://" in url else ""
-        if scheme in ("", "file", "http", "https") or url.startswith("pipe:"):
+        if not is_remote(url) or _passthrough(url):
             yield from url_opener([{"url": url}], handler=handler)
             continue
         try:
-            import fsspec
-
-            yield {"url": url, "stream": fsspec.open(url, "rb").open()}
+            fs, path = storage.fs(url)
+            stream = fs.open(path, "rb")
         except Exception as exc:  # missing credentials, missing object, unknown protocol
             if not handler(exc):
                 return
+            continue
+        try:
+            yield {"url": url, "stream": stream}
+        finally:
+            stream.close()
 
 
 # --------------------------------------------------------------------------- image transforms
@@ -158,10 +182,12 @@ class LoaderConfig:
     rank: int = 0
     world_size: int = 1
     urls: list[str] = field(default_factory=list)
+    # picklable: DataLoader workers open object-store shards with the same settings
+    storage: Storage = field(default_factory=Storage.from_env)
 
     def __post_init__(self) -> None:
         if not self.urls:
-            self.urls = expand_shards(self.shards)
+            self.urls = expand_shards(self.shards, self.storage)
 
 
 def _new_counters() -> dict[str, int]:
@@ -196,7 +222,7 @@ class _Consumer:
         from webdataset.tariterators import group_by_keys, tar_file_expander
 
         for url in urls:  # one pipeline per shard: an error never leaks into the next shard
-            opened = open_shards([url], handler=self._handler)
+            opened = open_shards([url], handler=self._handler, storage=self.cfg.storage)
             yield from group_by_keys(tar_file_expander(opened, handler=self._handler), handler=self._handler)
 
     def _balanced(self, samples: Iterator[dict]) -> Iterator[dict]:
@@ -373,17 +399,25 @@ class TrainLoader:
             yield batch
 
 
-def read_captions(spec: str | Sequence[str], limit: int = 200_000) -> list[str]:
-    """Up to ``limit`` captions (only the .txt members are read), to train the tokenizer."""
+def read_captions(spec: str | Sequence[str], limit: int = 200_000, storage: Storage | None = None) -> list[str]:
+    """Up to ``limit`` captions of the shards of ``spec``, to train the tokenizer."""
+    storage = storage or Storage.from_env()
+    return captions_of(expand_shards(spec, storage), limit, storage)
+
+
+def captions_of(urls: Sequence[str], limit: int = 200_000, storage: Storage | None = None) -> list[str]:
+    """Up to ``limit`` captions of these shard URLs (only the .txt members are read)."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    storage = storage or Storage.from_env()
 
     def handler(exc: Exception) -> bool:
         log.warning("tokenizer corpus: skipping a bad shard: %r", exc)
         return True
 
     captions: list[str] = []
-    for url in expand_shards(spec):
-        opened = open_shards([url], handler=handler)
+    for url in urls:
+        opened = open_shards([url], handler=handler, storage=storage)
         files = tar_file_expander(opened, handler=handler, select_files=lambda name: name.endswith(".txt"))
         for sample in group_by_keys(files, handler=handler):
             try:

@@ -3,7 +3,8 @@ with ``precision="bf16"``), DDP, FLIP masking with an unmasked tuning phase, per
 exact resume, progress bar + metrics.jsonl.
 
 Run under ``torchrun`` for DDP (the usual env variables are read); otherwise single process.
-Output layout in ``out``: ``config.json``, ``tokenizer.json``, ``metrics.jsonl``,
+Output layout in ``out`` (a local folder or an object-store URL, written through a
+:class:`~curation.storage.Storage`): ``config.json``, ``tokenizer.json``, ``metrics.jsonl``,
 ``checkpoints/step_<N>.pt``.
 """
 from __future__ import annotations
@@ -15,8 +16,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -25,10 +25,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from curation.errors import InputError
-from training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from training.data import LoaderConfig, TrainLoader, dataset_size, read_captions
+from curation.settings import SettingError
+from curation.storage import Storage, is_remote, join
+from training.checkpoint import TRAINING_KEYS, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from training.configs import PRECISIONS, TrainConfig, flag_of
+from training.data import LoaderConfig, TrainLoader, captions_of, dataset_size, expand_shards
 from training.loss import clip_loss
-from training.model import CLIP, CONFIGS, get_config, gmacs_per_sample
+from training.model import CLIP, get_config, gmacs_per_sample
 from training.optim import build_optimizer
 from training.tokenizer import (
     BPETokenizer,
@@ -40,52 +43,7 @@ from training.tokenizer import (
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-@dataclass
-class TrainConfig:
-    shards: str
-    out: str
-    model: str = "tiny"
-    steps: int = 1000
-    batch_size: int = 64  # per rank
-    lr: float = 5e-4
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup_steps: int | None = None  # default: 10 % of steps, at most 2000
-    grad_clip: float = 1.0
-    mask_ratio: float = 0.0
-    unmasked_steps: int = 0  # FLIP's unmasked tuning: the last N steps run at mask ratio 0
-    save_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    workers: int = 2
-    shuffle_buffer: int = 1000
-    online_balance: bool = False
-    tokenizer: str = "bpe"  # "bpe" (trained on the shards' captions), "bytes", or a tokenizer.json path
-    vocab_size: int = 4096
-    resume: str | None = None  # a checkpoint file, a run dir, or "auto" (latest in out, if any)
-    stop_after: int | None = None  # stop (and checkpoint) at this step; the schedule still spans `steps`
-    threads: int | None = None
-    progress: bool = True
-    precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU), "bf16" (on any device) or "fp32"
-
-    def validate(self) -> None:
-        if self.model not in CONFIGS:
-            raise InputError(f"unknown --model {self.model!r}; choose one of {sorted(CONFIGS)}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise InputError("--steps and --batch-size must be positive")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise InputError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
-        if not 0 <= self.unmasked_steps <= self.steps:
-            raise InputError(f"--unmasked-steps must be between 0 and --steps ({self.steps})")
-        if self.save_every < 1 or self.log_every < 1:
-            raise InputError("--save-every and --log-every must be positive")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+__all__ = ["TrainConfig", "PRECISIONS", "train", "autocast_context", "lr_lambda"]
 
 
 def lr_lambda(warmup: int, total: int):
@@ -113,7 +71,13 @@ def autocast_context(device: torch.device, precision: str = "auto"):
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG the step depends on, as tensors and plain values (``weights_only`` loads them):
+    numpy's state tuple holds an ndarray, stored here as a tensor."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -121,8 +85,11 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -149,50 +116,125 @@ def _gather_objects(obj: Any, world: int) -> list[Any]:
     return out
 
 
-def _prepare_tokenizer(cfg: TrainConfig, out: Path, rank: int, world: int, resumed: dict | None):
-    path = out / "tokenizer.json"
+def _prepare_tokenizer(cfg: TrainConfig, out: str, urls: list[str], rank: int, world: int,
+                       resumed: dict | None, storage: Storage):
+    path = join(out, "tokenizer.json")
     if resumed is not None:
-        return tokenizer_from_json(resumed["tokenizer"])
-    if rank == 0 and not path.exists():
+        try:
+            return tokenizer_from_json(resumed["tokenizer"])
+        except Exception as exc:  # noqa: BLE001 - json and the tokenizers library raise various types
+            raise InputError(f"the checkpoint to resume from holds a tokenizer that cannot be rebuilt "
+                             f"({str(exc)[:300]})") from None
+    if rank == 0 and not storage.exists(path):
         if cfg.tokenizer == "bytes":
             tok = ByteTokenizer()
         elif cfg.tokenizer == "bpe":
-            captions = read_captions(cfg.shards)
+            captions = captions_of(urls, storage=storage)
             if not captions:
                 raise InputError(f"no captions could be read from {cfg.shards!r} to train the tokenizer")
             log.info("training a BPE tokenizer (vocab %d) on %d captions", cfg.vocab_size, len(captions))
             tok = BPETokenizer.train(captions, cfg.vocab_size)
-        elif Path(cfg.tokenizer).is_file():
-            tok = load_tokenizer(cfg.tokenizer)
+        elif storage.isfile(cfg.tokenizer):
+            tok = load_tokenizer(cfg.tokenizer, storage)
         else:
             raise InputError(f"--tokenizer must be 'bpe', 'bytes' or a tokenizer.json file, got {cfg.tokenizer!r}")
-        save_tokenizer(tok, path)
+        save_tokenizer(tok, path, storage)
     if world > 1:
         dist.barrier()
-    return load_tokenizer(path)
+    return load_tokenizer(path, storage)
 
 
-def _find_resume(cfg: TrainConfig, out: Path) -> Path | None:
+def _find_resume(cfg: TrainConfig, out: str, storage: Storage) -> str | None:
     if not cfg.resume:
         return None
     if cfg.resume == "auto":
-        found = list_checkpoints(out / "checkpoints")
+        found = list_checkpoints(join(out, "checkpoints"), storage)
         return found[-1] if found else None
-    return Path(cfg.resume)
+    return resolve_checkpoint(cfg.resume, storage)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) and return a summary; writes checkpoints and metrics under ``cfg.out``."""
-    cfg.validate()
+class _MetricsLog:
+    """``metrics.jsonl``: appended line by line on a local disk (what a crash leaves is readable);
+    object stores cannot append, so there the whole file is rewritten at every checkpoint and at
+    the end (``flush``)."""
+
+    def __init__(self, url: str, storage: Storage) -> None:
+        self.url, self.storage = url, storage
+        self.remote = is_remote(url)
+        self.lines: list[bytes] = []
+        if self.remote:
+            if storage.exists(url):
+                self.lines = [storage.read_bytes(url)]
+            self.fh = None
+        else:
+            storage.makedirs(os.path.dirname(url) or ".")
+            self.fh = open(url, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        line = json.dumps(record) + "\n"
+        if self.fh is not None:
+            self.fh.write(line)
+            self.fh.flush()
+        else:
+            self.lines.append(line.encode())
+
+    def flush(self) -> None:
+        if self.remote:
+            self.storage.write_bytes(self.url, b"".join(self.lines))
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        else:
+            self.flush()
+
+
+def _check(cfg: TrainConfig) -> None:
+    """``cfg.validate()`` with errors naming the flag (this is also the Python entry point)."""
+    try:
+        cfg.validate()
+    except SettingError as exc:
+        raise InputError(f"{flag_of(exc.key)} {exc.message}") from None
+
+
+def _restore(state: dict, path: str, rank: int, world: int, model, optimizer, scheduler, loader) -> None:
+    """Load a training checkpoint's state into the run; a damaged or foreign state is an ``InputError``."""
+    try:
+        if len(state["data"]) != world or len(state["rng"]) != world:
+            raise InputError(f"{path} was saved by {len(state['data'])} ranks; resume with the same number of "
+                             f"processes (now {world})")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"][rank])
+        loader.load_state_dict(state["data"][rank])
+        bad = [k for k in ("step", "samples_seen", "compute_gmacs") if not isinstance(state[k], (int, float))]
+        if bad:
+            raise InputError(f"{path} cannot be resumed from: {bad} are not numbers")
+    except InputError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise InputError(f"{path} cannot be resumed from: its training state is damaged or was written by "
+                         f"another version ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})"
+                         ) from None
+
+
+def train(cfg: TrainConfig, storage: Storage | None = None) -> dict[str, Any]:
+    """Train (or resume) and return a summary; writes checkpoints and metrics under ``cfg.out``
+    (a local folder or an object-store URL reached through ``storage``)."""
+    _check(cfg)
+    storage = storage or Storage.from_env()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world, device = _setup_distributed()
-    out = Path(cfg.out)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    out = cfg.out.rstrip("/") if is_remote(cfg.out) else cfg.out
+    # the shards are found before anything is written, so a wrong pattern leaves no output behind
+    urls = expand_shards(cfg.shards, storage)
 
-    resume_path = _find_resume(cfg, out)
-    resumed = load_checkpoint(resume_path) if resume_path else None
-    tokenizer = _prepare_tokenizer(cfg, out, rank, world, resumed)
+    resume_path = _find_resume(cfg, out, storage)
+    resumed = load_checkpoint(resume_path, storage=storage, require=("model_config", "model", "tokenizer",
+                                                                     *TRAINING_KEYS)) if resume_path else None
+    tokenizer = _prepare_tokenizer(cfg, out, urls, rank, world, resumed, storage)
     model_cfg = get_config(cfg.model, vocab_size=tokenizer.vocab_size)
 
     torch.manual_seed(cfg.seed)  # identical init on every rank
@@ -200,7 +242,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     loader = TrainLoader(LoaderConfig(shards=cfg.shards, batch_size=cfg.batch_size, image_size=model_cfg.image_size,
                                       context_length=model_cfg.context_length, seed=cfg.seed, workers=cfg.workers,
                                       shuffle_buffer=cfg.shuffle_buffer, online_balance=cfg.online_balance,
-                                      rank=rank, world_size=world), tokenizer)
+                                      rank=rank, world_size=world, urls=urls, storage=storage), tokenizer)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(2000, max(1, cfg.steps // 10))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, cfg.steps))
@@ -209,24 +251,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if resumed is not None:
         if resumed["model_config"] != model_cfg.to_dict():
             raise InputError(f"{resume_path} was trained with another model config; resume with the same --model")
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        loader.load_state_dict(resumed["data"][rank])
-        _set_rng_state(resumed["rng"][rank])
-        step, samples_seen, compute_gmacs = resumed["step"], resumed["samples_seen"], resumed["compute_gmacs"]
+        _restore(resumed, resume_path, rank, world, model, optimizer, scheduler, loader)
+        step, samples_seen, compute_gmacs = (int(resumed["step"]), int(resumed["samples_seen"]),
+                                             float(resumed["compute_gmacs"]))
         log.info("resumed from %s at step %d", resume_path, step)
     else:
         torch.manual_seed(cfg.seed * 1000 + rank + 1)  # masks differ across ranks
         np.random.seed(cfg.seed + rank)
         random.seed(cfg.seed + rank)
         if rank == 0:
-            (out / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": model_cfg.to_dict(),
-                                                         "world_size": world}, indent=2))
+            storage.write_bytes(join(out, "config.json"), json.dumps(
+                {"train": asdict(cfg), "model": model_cfg.to_dict(), "world_size": world}, indent=2).encode())
 
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
-    total_samples = dataset_size(loader.cfg.urls)
+    total_samples = dataset_size(loader.cfg.urls, storage)
     if rank == 0:
         log.info("model %s: %.1fM params, %.3f GMACs/sample; %d shards%s; world size %d", cfg.model,
                  sum(p.numel() for p in model.parameters()) / 1e6, gmacs_per_sample(model_cfg), len(loader.cfg.urls),
@@ -240,10 +279,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "data": data_states, "rng": rng_states, "samples_seen": samples_seen,
                              "compute_gmacs": compute_gmacs, "tokenizer": tokenizer.to_json(),
-                             "train_config": asdict(cfg)}, out / "checkpoints" / f"step_{step}.pt")
+                             "train_config": asdict(cfg)}, join(out, "checkpoints", f"step_{step}.pt"), storage)
+            if metrics is not None:
+                metrics.flush()
 
     stop_at = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
-    metrics = (out / "metrics.jsonl").open("a") if rank == 0 else None
+    metrics = _MetricsLog(join(out, "metrics.jsonl"), storage) if rank == 0 else None
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0 or not cfg.progress, desc="train", unit="step")
     last_loss = float("nan")
     window_start, window_images = time.perf_counter(), 0
@@ -282,8 +323,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                           "data_epoch": max((s["epoch"] for s in loader.worker_states.values()), default=0),
                           "data": loader.counters()}
                 if metrics is not None:
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
+                    metrics.write(record)
                 bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{record['images_per_s']:.0f}")
                 window_start, window_images = time.perf_counter(), 0
             if step % cfg.save_every == 0 or step == stop_at:
@@ -294,7 +334,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             metrics.close()
         del batches  # shuts the DataLoader workers down
     summary = {"step": step, "loss": last_loss, "samples_seen": samples_seen, "compute_gmacs": compute_gmacs,
-               "checkpoint": str(out / "checkpoints" / f"step_{step}.pt"), "data": loader.counters()}
+               "checkpoint": join(out, "checkpoints", f"step_{step}.pt"), "data": loader.counters()}
     if world > 1:
         dist.barrier()
     return summary

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
+import os
 
 import torch
 
+from curation.storage import Storage
 from training.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -40,26 +41,27 @@ def average_state_dicts(states: Sequence[StateDict]) -> StateDict:
     return out
 
 
-def _load_models(paths: Sequence[str | Path]) -> tuple[list[StateDict], dict]:
-    checkpoints = [load_checkpoint(p) for p in paths]
+def _load_models(paths: Sequence[str | os.PathLike], storage: Storage | None) -> tuple[list[StateDict], dict]:
+    checkpoints = [load_checkpoint(p, storage=storage) for p in paths]
     configs = {str(c["model_config"]) for c in checkpoints}
     if len(configs) > 1:
         raise ValueError("checkpoints have different model configs; a soup needs one architecture")
     return [c["model"] for c in checkpoints], checkpoints[0]
 
 
-def uniform_soup(paths: Sequence[str | Path]) -> StateDict:
+def uniform_soup(paths: Sequence[str | os.PathLike], storage: Storage | None = None) -> StateDict:
     """The average of all given checkpoints' weights."""
-    states, _ = _load_models(paths)
+    states, _ = _load_models(paths, storage)
     return average_state_dicts(states)
 
 
-def greedy_soup(paths: Sequence[str | Path], score: Callable[[StateDict], float]) -> tuple[StateDict, list[int]]:
+def greedy_soup(paths: Sequence[str | os.PathLike], score: Callable[[StateDict], float],
+                storage: Storage | None = None) -> tuple[StateDict, list[int]]:
     """Greedy soup; ``score`` evaluates weights on held-out data (higher is better).
 
     Returns the soup and the indices (into ``paths``) of the checkpoints it contains.
     """
-    states, _ = _load_models(paths)
+    states, _ = _load_models(paths, storage)
     individual = [score(s) for s in states]
     order = sorted(range(len(states)), key=lambda i: individual[i], reverse=True)
     chosen = [order[0]]
@@ -74,8 +76,9 @@ def greedy_soup(paths: Sequence[str | Path], score: Callable[[StateDict], float]
     return average_state_dicts([states[j] for j in chosen]), chosen
 
 
-def save_soup(weights: StateDict, template: str | Path, out: str | Path) -> Path:
+def save_soup(weights: StateDict, template: str | os.PathLike, out: str | os.PathLike,
+              storage: Storage | None = None) -> str:
     """Write a soup as an eval-loadable checkpoint, taking config + tokenizer from ``template``."""
-    base = load_checkpoint(template)
+    base = load_checkpoint(template, storage=storage)
     return save_checkpoint({"step": base.get("step", 0), "model_config": base["model_config"], "model": weights,
-                            "tokenizer": base["tokenizer"], "soup": True}, out)
+                            "tokenizer": base["tokenizer"], "soup": True}, out, storage)

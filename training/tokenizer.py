@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
+
+from curation.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +131,10 @@ def tokenizer_from_json(text: str) -> _Base:
     raise ValueError(f"unknown tokenizer kind {data.get('kind')!r}")
 
 
-def save_tokenizer(tokenizer: _Base, path: str | Path) -> None:
-    Path(path).write_text(tokenizer.to_json(), encoding="utf-8")
+def save_tokenizer(tokenizer: _Base, path: str | os.PathLike, storage: Storage | None = None) -> None:
+    """Write ``tokenizer.json`` (atomically, local or on an object store)."""
+    (storage or Storage.from_env()).write_bytes(os.fspath(path), tokenizer.to_json().encode("utf-8"))
 
 
-def load_tokenizer(path: str | Path) -> _Base:
-    return tokenizer_from_json(Path(path).read_text(encoding="utf-8"))
+def load_tokenizer(path: str | os.PathLike, storage: Storage | None = None) -> _Base:
+    return tokenizer_from_json((storage or Storage.from_env()).read_bytes(os.fspath(path)).decode("utf-8"))

@@ -5,64 +5,74 @@ Examples:
   metacurate train ... --mask-ratio 0.5 --unmasked-steps 50        # FLIP + unmasked tuning
   metacurate train ... --online-balance                            # re-draw the kept subset per epoch
   metacurate train ... --resume auto                               # continue from OUT/checkpoints
+  metacurate train --config run.yaml --shards 's3://b/run/shards/{000000..000009}.tar' --out s3://b/train
   torchrun --nproc_per_node 2 -m jobs.cli train ...                 # DDP
 
 Writes OUT/config.json, OUT/tokenizer.json, OUT/metrics.jsonl, OUT/checkpoints/step_<N>.pt.
+--shards and --out may be object-store URLs; the S3 endpoint and keys come from the `storage:`
+section of --config (else from the usual AWS variables).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+from typing import Any, Sequence
 
-from training.configs import CONFIGS
+from curation.errors import InputError
+from curation.settings import add_flags, build, flag_name, flag_values, walk_fields
+from training.configs import TrainConfig
+
+#: Settings without which the command cannot run: argparse insists on them (and shows them in usage).
+REQUIRED = ("shards", "out")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, required: Sequence[str]) -> dict[str, str]:
+    """``--config FILE`` (for its ``storage:`` section) and one flag per setting of ``cls``;
+    the ``required`` ones are marked so in argparse. Returns ``{flag: key}``."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="run config YAML; only its `storage:` section is used (S3 endpoint and keys "
+                             "for s3:// paths); default: the AWS_* variables")
+    flags = add_flags(parser, cls)
+    for action in parser._actions:  # argparse keeps no public handle on the actions it made
+        if action.dest in required:
+            action.required = True
+            action.help = (action.help or "").rsplit(" (default:", 1)[0]  # a default it never uses
+    return flags
+
+
+def config_from_args(args: argparse.Namespace, cls: type) -> Any:
+    """The ``cls`` made from the flags the user gave (``curation.settings.build`` rules); error
+    messages name the flag, not the settings key."""
+    keys = [f.name for f in dataclasses.fields(cls)]
+    try:
+        return build(cls, flag_values(args, keys))
+    except InputError as exc:
+        message = str(exc)
+        for flag, key in flags_of(cls).items():
+            message = message.replace(f"config key `{key}`", flag)
+        raise InputError(message) from None
+
+
+def flags_of(cls: type) -> dict[str, str]:
+    """``{flag: key}`` of ``cls``, the names :func:`add_config_flags` gave its settings."""
+    return {flag_name(key, f): key for key, f, _ in walk_fields(cls)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shards", required=True,
-                        help="shard brace pattern(s); several sources joined with '::'")
-    parser.add_argument("--out", required=True, help="output folder (checkpoints, metrics.jsonl)")
-    parser.add_argument("--model", default="tiny", choices=sorted(CONFIGS), help="model size (default tiny)")
-    parser.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=64, help="per-rank batch size")
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--weight-decay", type=float, default=0.2)
-    parser.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of steps (max 2000)")
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0 disables)")
-    parser.add_argument("--mask-ratio", type=float, default=0.0, help="FLIP patch drop ratio, e.g. 0.5 or 0.75")
-    parser.add_argument("--unmasked-steps", type=int, default=0, help="final steps trained without masking")
-    parser.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps")
-    parser.add_argument("--log-every", type=int, default=10, help="metrics.jsonl line every N steps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="data loader worker processes per rank")
-    parser.add_argument("--shuffle-buffer", type=int, default=1000)
-    parser.add_argument("--online-balance", action="store_true",
-                        help="keep a sample iff u(seed+epoch, uid) < p_keep from its json")
-    parser.add_argument("--tokenizer", default="bpe", help="'bpe' (trained on the captions), 'bytes', or a tokenizer.json")
-    parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
-    parser.add_argument("--resume", default=None, help="checkpoint file, run dir, or 'auto' (latest in --out)")
-    parser.add_argument("--stop-after", type=int, default=None,
-                        help="stop (with a checkpoint) at this step while keeping the --steps schedule")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                        help="auto (default): bf16 autocast on GPU, fp32 on CPU; bf16 forces autocast "
-                             "(also on CPU); weights and optimizer state stay fp32 either way")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_flags(parser, TrainConfig, REQUIRED)
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.loop import TrainConfig, train
+    from jobs.config import storage_for
 
-    cfg = TrainConfig(shards=args.shards, out=args.out, model=args.model, steps=args.steps,
-                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, mask_ratio=args.mask_ratio,
-                      unmasked_steps=args.unmasked_steps, save_every=args.save_every, log_every=args.log_every,
-                      seed=args.seed, workers=args.workers, shuffle_buffer=args.shuffle_buffer,
-                      online_balance=args.online_balance, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                      resume=args.resume, stop_after=args.stop_after, threads=args.threads,
-                      precision=args.precision,
-                      progress=not args.no_progress)
-    summary = train(cfg)
+    cfg = config_from_args(args, TrainConfig)
+    storage = storage_for(args.config)
+
+    from training.loop import train  # torch is imported only once there is work to do
+
+    summary = train(cfg, storage)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary
         print(json.dumps(summary, indent=2))
     return 0

@@ -61,10 +61,10 @@ def _checkpoint(path):
 def test_eval_cli_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
     _heldout(run)
-    (run / "dedup").mkdir()
+    (run / "dedup" / "overlap").mkdir(parents=True)  # where the dedup stage writes its overlap rows
     pq.write_table(pa.table({"uid": ["x", "y"], "dataset": ["digits", "digits"],
                              "key": ["0000.png", "0005.png"], "hamming": [0, 3]}),
-                   run / "dedup" / "overlap.parquet")
+                   run / "dedup" / "overlap" / "part-00000.parquet")
     ckpt = _checkpoint(tmp_path / "ckpt" / "step_1.pt")
     model = load_for_eval(ckpt)
     out = tmp_path / "results.json"
@@ -101,7 +101,7 @@ def test_eval_cli_end_to_end(tmp_path, capsys):
     for png in ("zeroshot_digits.png", "retrieval_heldout.png"):
         assert png in html and (tmp_path / "html" / png).exists()
     csv_path = collect_csv([out, out], tmp_path / "runs.csv")
-    assert csv_path.read_text().count("\n") == 3
+    assert open(csv_path).read().count("\n") == 3
 
 
 def test_eval_cli_needs_a_task(tmp_path, capsys):

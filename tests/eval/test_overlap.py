@@ -47,6 +47,8 @@ def test_key_normalisation():
 
 def test_missing_table_is_input_error(tmp_path):
     with pytest.raises(InputError, match="dedup"):
+        load_overlap(str(tmp_path / "dedup" / "overlap"))
+    with pytest.raises(InputError, match="no parquet"):
         load_overlap(str(tmp_path))
 
 

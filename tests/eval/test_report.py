@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,7 +40,8 @@ def _results(vector_model_cls, make_vector_image, samples_seen=100):
 def test_schema_and_metrics(tmp_path, vector_model_cls, make_vector_image):
     res = _results(vector_model_cls, make_vector_image)
     path = write_results(res, tmp_path / "out" / "results.json")
-    doc = json.loads(path.read_text())
+    assert path == str(tmp_path / "out" / "results.json")
+    doc = json.loads(Path(path).read_text())
     assert doc["schema"] == SCHEMA
     assert set(doc) >= {"schema", "created_utc", "checkpoint", "model", "samples_seen",
                         "compute_gmacs", "zeroshot", "retrieval", "linear_probe", "metrics"}
@@ -52,10 +54,10 @@ def test_schema_and_metrics(tmp_path, vector_model_cls, make_vector_image):
         "retrieval/toy/image_to_text/R@10", "retrieval/toy/text_to_image/R@1",
         "retrieval/toy/text_to_image/R@5", "retrieval/toy/text_to_image/R@10",
         "retrieval/toy/mean_recall"}
-    assert not (tmp_path / "out" / "results.json.tmp").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.json"]  # no temporary left
     table = format_table(doc)
     assert "zero-shot" in table and "75.00%" in table and "image→text" in table
-    html = write_summary(doc, tmp_path / "html").read_text()
+    html = Path(write_summary(doc, tmp_path / "html")).read_text()
     for png in ("zeroshot_toy.png", "retrieval_toy.png"):
         assert png in html and (tmp_path / "html" / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -68,7 +70,7 @@ def test_collect_then_scaling_fit(tmp_path, vector_model_cls, make_vector_image)
         res = _results(vector_model_cls, make_vector_image, samples_seen=seen)
         paths.append(write_results(res, tmp_path / f"r{i}.json"))
     out = collect_csv(paths, tmp_path / "runs.csv")
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(Path(out).open()))
     assert [float(r["compute"]) for r in rows] == [5.0, 50.0, 500.0]
     assert rows[0]["zeroshot/toy/top1"] == "0.75"
     compute, error = load_results_csv(out, accuracy_column="zeroshot/toy/top1")

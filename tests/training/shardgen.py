@@ -1,5 +1,5 @@
-"""Generate small WebDataset shards in the DESIGN §2 format: simple coloured shapes with captions
-that describe them, so a tiny CLIP can actually learn the pairing."""
+"""Generate small WebDataset shards in the format of the shard stage (ARCHITECTURE.md, "Data flow"):
+simple coloured shapes with captions that describe them, so a tiny CLIP can actually learn the pairing."""
 from __future__ import annotations
 
 import hashlib

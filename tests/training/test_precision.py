@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from curation.errors import InputError
+from curation.settings import SettingError
 from training.checkpoint import load_checkpoint
 from training.loop import TrainConfig, autocast_context, train
 from training.loss import clip_loss
@@ -48,8 +49,11 @@ def test_auto_precision_is_fp32_on_cpu():
         assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
     with pytest.raises(ValueError, match="precision"):
         autocast_context(torch.device("cpu"), "fp16")
-    with pytest.raises(InputError, match="--precision"):
+    with pytest.raises(SettingError) as caught:
         TrainConfig(shards="x.tar", out="o", precision="fp16").validate()
+    assert caught.value.key == "precision"
+    with pytest.raises(InputError, match="--precision must be one of"):  # train() names the flag
+        train(TrainConfig(shards="x.tar", out="o", precision="fp16"))
 
 
 def test_train_loop_in_bf16(shard_dir, tmp_path):

@@ -95,3 +95,4 @@ def test_cli_reports_bad_input(tmp_path, capsys):
                    "--steps", "1"])
     assert rc == 2
     assert "no shards found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # a failed run leaves no (empty) output or checkpoints folder
