@@ -141,12 +141,32 @@ class StageDir:
                 log.warning("%s is unreadable; its unit runs again", f)
         return done
 
+    def reject_rows(self) -> int:
+        """Rows in the stage's reject folder (footers only)."""
+        if not self.rejects_url or not self.storage.exists(self.rejects_url):
+            return 0
+        return parquet_rows(self.storage, self.storage.list_files(self.rejects_url, ".parquet"))
+
     def part_files(self, prefix: str = "part-") -> list[str]:
         """The stage's data part files (``part-*.parquet``), sorted."""
         if not self.storage.exists(self.url):
             return []
         return [f for f in self.storage.list_files(self.url, ".parquet")
                 if f.rsplit("/", 1)[-1].startswith(prefix)]
+
+
+def parquet_rows(storage: Storage, urls: Sequence[str]) -> int:
+    """Total rows of some parquet files, from their footers (no data is read)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def rows(url: str) -> int:
+        with storage.parquet_file(url) as pf:
+            return pf.metadata.num_rows
+
+    if not urls:
+        return 0
+    with ThreadPoolExecutor(min(16, len(urls))) as ex:
+        return sum(ex.map(rows, urls))
 
 
 class RunDir:
@@ -204,3 +224,162 @@ def reason_counts(codes: np.ndarray, names: Sequence[str]) -> dict[str, int]:
     """``{reason: rows}`` of the non-zero codes."""
     binc = np.bincount(codes.astype(np.int64), minlength=len(names))
     return {names[c]: int(binc[c]) for c in range(1, len(names)) if binc[c]}
+
+
+# --------------------------------------------------------------------------- the run lock
+LOCK = "_LOCK"
+
+
+class RunLocked(InputError):
+    """Another live process holds the run directory."""
+
+
+class RunLock:
+    """A lease on a run directory, so two jobs never write into one run at the same time.
+
+    ``RUN/_LOCK`` holds the owner (a random id), host, pid, command, when it started and a
+    heartbeat refreshed every ``heartbeat_s`` by a thread. A lease whose heartbeat is older than
+    ``stale_after_s`` belongs to a process that died (killed, lost its machine): it is taken over,
+    with a warning naming the old owner. Local paths create the lock file exclusively
+    (``O_EXCL``); object stores have no compare-and-swap for plain writes, so the lease is written,
+    then read back after a moment, and whoever's id is there owns it (a tie between two jobs that
+    start within that moment goes to one of them, the other stops). Used as a context manager.
+    """
+
+    def __init__(self, run: RunDir, command: str = "", heartbeat_s: float = 15.0, stale_after_s: float = 90.0,
+                 settle_s: float = 0.5) -> None:
+        import os
+        import socket
+        import uuid
+
+        self.run = run
+        self.url = run.path(LOCK)
+        self.owner = uuid.uuid4().hex
+        self.info = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "command": command,
+                     "started_at": utc_now()}
+        self.heartbeat_s = heartbeat_s
+        self.stale_after_s = stale_after_s
+        self.settle_s = settle_s
+        self._stop = None
+        self._thread = None
+
+    # ------------------------------------------------------------------ lease file
+    def _read(self) -> dict | None:
+        try:
+            raw = self.run.storage.read_bytes(self.url)
+        except (FileNotFoundError, OSError):
+            return None
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+            return obj if isinstance(obj, dict) else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}  # an unreadable lease counts as stale
+
+    def _lease(self) -> bytes:
+        return json.dumps({**self.info, "heartbeat": time.time()}, sort_keys=True).encode()
+
+    def _age(self, lease: dict) -> float:
+        """Seconds since the lease was refreshed; infinite when its process is known to be gone
+        (same host, and no process with its pid)."""
+        import os
+
+        if lease.get("host") == self.info["host"] and isinstance(lease.get("pid"), int):
+            try:
+                os.kill(lease["pid"], 0)
+            except ProcessLookupError:
+                return float("inf")
+            except PermissionError:
+                pass  # alive, another user's
+        try:
+            return time.time() - float(lease.get("heartbeat", 0))
+        except (TypeError, ValueError):
+            return float("inf")
+
+    def _create_exclusive(self) -> bool:
+        """Local: create the lock file only if absent. Remote: True (see the class doc)."""
+        import os
+
+        storage = self.run.storage
+        storage.makedirs(self.run.url)
+        fs, path = storage.fs(self.url)
+        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        if "file" not in protocols and "local" not in protocols:
+            storage.write_bytes(self.url, self._lease())
+            return True
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(self._lease())
+        return True
+
+    # ------------------------------------------------------------------ acquire / release
+    def acquire(self) -> "RunLock":
+        for _ in range(3):
+            lease = self._read()
+            if lease is not None and lease.get("owner") != self.owner:
+                age = self._age(lease)
+                if age <= self.stale_after_s:
+                    raise RunLocked(
+                        f"run directory {self.run.url} is in use by pid {lease.get('pid')} on "
+                        f"{lease.get('host')} (`{lease.get('command') or 'metacurate'}`, started "
+                        f"{lease.get('started_at')}, alive {age:.0f}s ago). Wait for it to finish, or use "
+                        f"another run_dir; a lease not refreshed for {self.stale_after_s:.0f}s is taken over")
+                log.warning("taking over the lease of %s from pid %s on %s: %s", self.run.url, lease.get("pid"),
+                            lease.get("host"), "that process is gone" if age == float("inf")
+                            else f"it stopped refreshing it {age:.0f}s ago")
+                self.run.storage.remove(self.url)
+            if not self._create_exclusive():
+                continue  # another process created it between our read and our create: look again
+            time.sleep(self.settle_s)
+            lease = self._read()
+            if lease is not None and lease.get("owner") == self.owner:
+                self._start_heartbeat()
+                return self
+            if lease is None:
+                continue
+            raise RunLocked(f"run directory {self.run.url} was locked at the same moment by pid "
+                            f"{lease.get('pid')} on {lease.get('host')}; use another run_dir or try again")
+        raise RunLocked(f"could not take the lock of {self.run.url}: it keeps changing hands")
+
+    def _start_heartbeat(self) -> None:
+        import threading
+
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            while not self._stop.wait(self.heartbeat_s):
+                try:
+                    lease = self._read()
+                    if lease is not None and lease.get("owner") not in (self.owner, None):
+                        log.error("the lease of %s was taken over by pid %s on %s", self.run.url,
+                                  lease.get("pid"), lease.get("host"))
+                        return
+                    self.run.storage.write_bytes(self.url, self._lease())
+                except Exception as exc:  # a failed refresh must not kill the job; the next may work
+                    log.warning("could not refresh the lease of %s: %s", self.run.url, exc)
+
+        self._thread = threading.Thread(target=beat, name="run-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def holds(self) -> bool:
+        lease = self._read()
+        return lease is not None and lease.get("owner") == self.owner
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._stop = None
+        try:
+            if self.holds():
+                self.run.storage.remove(self.url)
+        except Exception as exc:  # the lease then simply goes stale
+            log.warning("could not remove the lease of %s: %s", self.run.url, exc)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

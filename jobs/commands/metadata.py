@@ -55,7 +55,7 @@ def run_action(args: argparse.Namespace) -> int | None:
     None (the stage runs from the config)."""
     if not getattr(args, "action", None):
         return None
-    from curation.rundir import RunDir, StageDir
+    from curation.rundir import RunDir, RunLock, StageDir
     from curation.settings import flag_values
     from jobs.config import load_config, storage_for
     from jobs.stages import metadata
@@ -82,7 +82,8 @@ def run_action(args: argparse.Namespace) -> int | None:
 
     ctx = StageContext(cfg=cfg, run=run, spark_factory=spark)
     metadata.STAGE.check(ctx)
-    summary = execute(metadata.STAGE, ctx, out=out, force=getattr(args, "force", False))
+    with RunLock(run, command=f"metadata {args.action}"):
+        summary = execute(metadata.STAGE, ctx, out=out, force=getattr(args, "force", False))
     print(f"wrote {args.out}: {summary_line(summary)}")
     if "wordnet_synsets" in summary:
         print(f"WordNet: {summary['wordnet_synsets']} synsets, {summary['wordnet_distinct_names']} distinct names")

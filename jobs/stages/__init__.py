@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from curation.errors import InputError
-from curation.rundir import RunDir
+from curation.rundir import RunDir, RunLock
 from jobs.stages import balance, count, dedup, download, match, metadata, shard
 from jobs.stages.base import Stage, StageContext, execute
 
@@ -65,7 +65,7 @@ def run_stages(cfg: Any, wanted: Sequence[str] | None = None, *, spark: Any = No
                spark_factory: Callable[[], Any] | None = None, add_upstream: bool = True) -> dict[str, dict]:
     """Run stages of a config in pipeline order (each skipped when complete, resumed when
     interrupted); returns ``{stage: summary}``. Each stage's cheap input checks run before any Spark
-    session starts."""
+    session starts; the run directory is locked while the stages run (``curation.rundir.RunLock``)."""
     run = RunDir(cfg.run_dir, cfg.storage.storage())
     factory = (lambda: spark) if spark is not None else spark_factory
     if factory is None:
@@ -79,10 +79,11 @@ def run_stages(cfg: Any, wanted: Sequence[str] | None = None, *, spark: Any = No
     for s in chosen:
         s.check(ctx)
     out = {}
-    for i, s in enumerate(chosen, 1):
-        t0 = time.time()
-        log.info("[%d/%d] %s ...", i, len(chosen), s.name)
-        out[s.name] = summary = execute(s, ctx)
-        log.info("[%d/%d] %s done in %.1fs: in=%s out=%s rejected=%s", i, len(chosen), s.name, time.time() - t0,
-                 summary.get("in"), summary.get("out"), summary.get("rejected"))
+    with RunLock(run, command=" ".join(s.name for s in chosen)):
+        for i, s in enumerate(chosen, 1):
+            t0 = time.time()
+            log.info("[%d/%d] %s ...", i, len(chosen), s.name)
+            out[s.name] = summary = execute(s, ctx)
+            log.info("[%d/%d] %s done in %.1fs: in=%s out=%s rejected=%s", i, len(chosen), s.name,
+                     time.time() - t0, summary.get("in"), summary.get("out"), summary.get("rejected"))
     return out

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import balancing
-from curation.rundir import StageDir, reject_table
+from curation.rundir import StageDir, parquet_rows, reject_table
 from curation.settings import SettingError, setting
 from curation.storage import Storage
 from jobs.stages import count, match
@@ -113,6 +113,13 @@ class BalanceStage(Stage):
                 "expected_kept": float(sum(r["expected_kept"] for r in results)), "kept": total["out"],
                 "head_entries": int((counts > t).sum()), "tail_entries": int((matched & (counts <= t)).sum()),
                 "seconds": seconds}
+
+
+    def input_rows(self, ctx: StageContext):
+        return match.MatchStage, parquet_rows(ctx.storage, ctx.dir(match.MatchStage).part_files())
+
+    def output_rows(self, ctx: StageContext, out: StageDir) -> int:
+        return parquet_rows(ctx.storage, out.part_files())
 
 
 STAGE = BalanceStage()

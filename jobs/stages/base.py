@@ -9,9 +9,12 @@ every stage:
 2. fingerprint = stage name + version + upstream fingerprints + its config section + input stamps;
 3. ``_SUCCESS`` with that fingerprint: skip. ``_STARTED`` with it: resume (finished work units
    are kept). Anything else: empty the stage and reject folders and start again;
-4. ``run`` the stage; the summary must reconcile, ``in == out + sum(rejected)``, else
+4. the stage's input holds the rows its upstream summary claims (``input_rows``), else
+   :class:`StageError`: an input moved or read from the wrong place never passes as empty;
+5. ``run`` the stage; the summary must reconcile, ``in == out + sum(rejected)``, and the parts on
+   storage must hold exactly the rows it claims (``output_rows``, the reject folder), else
    :class:`StageError` naming the stage and the numbers (a real check, not an ``assert``);
-5. write ``_summary.json``, then ``_SUCCESS`` last.
+6. write ``_summary.json``, then ``_SUCCESS`` last.
 
 Work units (:func:`run_units`) are Spark tasks that write their own part files and then a marker;
 a re-run after a crash runs only the units without a marker: no duplicates, no holes.
@@ -80,6 +83,17 @@ class Stage:
         """Do the work into ``out``; return the summary ``{"in", "out", "rejected": {reason: n}, ...}``."""
         raise NotImplementedError
 
+    def input_rows(self, ctx: "StageContext") -> tuple[type["Stage"], int] | None:
+        """``(upstream stage, rows its output holds on storage)`` for the data this stage reads, so
+        an input that does not hold what its stage's summary claims (moved, half-copied, or not
+        where the tasks look) stops the stage before it runs. Default: not checked."""
+        return None
+
+    def output_rows(self, ctx: "StageContext", out: StageDir) -> int | None:
+        """Rows the stage's data on storage holds, compared with the summary's ``out`` before
+        ``_SUCCESS`` is written. Default: not checked."""
+        return None
+
 
 @dataclass
 class StageContext:
@@ -147,6 +161,35 @@ def reconcile(name: str, summary: dict) -> dict:
     return {"stage": name, **summary, "rejected": dict(sorted(summary["rejected"].items())), "reconciled": True}
 
 
+def check_input(stage: Stage, ctx: StageContext) -> None:
+    """The stage's input holds the rows its upstream summary claims, else a :class:`StageError`."""
+    found = stage.input_rows(ctx)
+    if found is None:
+        return
+    up, rows = found
+    claimed = int(ctx.upstream_summary(up)["out"])
+    if rows != claimed:
+        raise StageError(f"{stage.name}: its input, the {up.name} stage's output under {ctx.dir(up).url}, holds "
+                         f"{rows:,} rows but that stage's summary says {claimed:,}; the run directory changed "
+                         f"since, or the tasks read another place (a relative run_dir on a cluster?). Run "
+                         f"`metacurate {up.name}` again; nothing was marked complete")
+
+
+def verify_outputs(stage: Stage, ctx: StageContext, out: StageDir, summary: dict) -> None:
+    """The parts on storage hold exactly the rows the summary claims (data and rejects)."""
+    rows = stage.output_rows(ctx, out)
+    if rows is not None and rows != int(summary["out"]):
+        raise StageError(f"{stage.name}: its data under {out.url} holds {rows:,} rows but the stage counted "
+                         f"{int(summary['out']):,}; rows were lost or written twice (another job in this run "
+                         "directory?); the stage is not marked complete")
+    if out.rejects_url is not None:
+        rejected = sum(int(v) for v in summary["rejected"].values())
+        found = out.reject_rows()
+        if found != rejected:
+            raise StageError(f"{stage.name}: {out.rejects_url} holds {found:,} reject rows but the stage counted "
+                             f"{rejected:,}; the stage is not marked complete")
+
+
 def execute(stage: Stage, ctx: StageContext, *, out: StageDir | None = None, force: bool = False) -> dict:
     """Run one stage under the contract above; returns its summary (the stored one when skipped).
 
@@ -165,9 +208,11 @@ def execute(stage: Stage, ctx: StageContext, *, out: StageDir | None = None, for
         d.mark_started(fp)
     else:
         log.info("%s: resuming an interrupted run (fingerprint %s)", stage.name, fp)
+    check_input(stage, ctx)
     t0 = time.perf_counter()
     summary = reconcile(stage.name, stage.run(ctx, d))
     summary.setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
+    verify_outputs(stage, ctx, d, summary)
     d.write_summary(summary)
     d.write_success(fp, stage=stage.name, version=stage.version)
     return summary

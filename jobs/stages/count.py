@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.errors import InputError
-from curation.rundir import StageDir
+from curation.rundir import StageDir, parquet_rows
 from curation.storage import Storage
 from jobs.stages import match, metadata
 from jobs.stages.base import Stage, StageContext
@@ -46,6 +46,10 @@ class CountStage(Stage):
         return {"in": matched, "out": matched, "rejected": {},
                 "entries_matched": int(nz.size), "entries_total": len(entries),
                 "occurrences": int(counts.sum()), "max_count": int(counts.max()) if counts.size else 0}
+
+
+    def input_rows(self, ctx: StageContext):
+        return match.MatchStage, parquet_rows(ctx.storage, ctx.dir(match.MatchStage).part_files())
 
 
 STAGE = CountStage()

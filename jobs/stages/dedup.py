@@ -105,6 +105,15 @@ class DedupStage(Stage):
                 "overlap_pairs": sum(pairs.values()), "overlap_by_dataset": dict(sorted(pairs.items()))}
 
 
+    def output_rows(self, ctx: StageContext, out: StageDir) -> int:
+        """Hashed samples that passed: ``status == ok`` and no eval near-duplicate."""
+        hashes = ctx.storage.read_parquet(hashes_url(out), ["uid", "status"]) if ctx.storage.exists(
+            hashes_url(out)) else pa.table({"uid": pa.array([], pa.string()), "status": pa.array([], pa.string())})
+        overlapping = set(load_overlap(out, ["uid"]).column("uid").to_pylist())
+        return sum(1 for u, st in zip(hashes.column("uid").to_pylist(), hashes.column("status").to_pylist())
+                   if st == "ok" and u not in overlapping)
+
+
 STAGE = DedupStage()
 
 

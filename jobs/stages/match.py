@@ -34,7 +34,7 @@ from curation.errors import InputError
 from curation.fastmatch import COMPILED_FORMAT, FastMatcher
 from curation.hashing import string_hash64
 from curation.matching import entries_fingerprint
-from curation.rundir import StageDir, reason_counts, reject_table
+from curation.rundir import StageDir, parquet_rows, reason_counts, reject_table
 from curation.settings import setting
 from curation.storage import Storage
 from jobs.stages import metadata
@@ -117,9 +117,16 @@ class MatchStage(Stage):
                             f"{dups:,}", f"{found:,}")
                 summary["out"] -= dups
                 summary["rejected"] = dict(sorted({**summary["rejected"], "duplicate_uid": dups}.items()))
+        if bad:  # an unreadable file counts as one input, rejected (its one reject row names it)
+            summary["in"] += len(bad)
+            summary["rejected"] = dict(sorted({**summary["rejected"], "unreadable_file": len(bad)}.items()))
         summary.update(units=len(units), files_skipped=[b["path"] for b in bad], n_entries=meta["n_entries"],
                        metadata_fingerprint=meta["metadata_fingerprint"], seconds=seconds)
         return summary
+
+
+    def output_rows(self, ctx: StageContext, out: StageDir) -> int:
+        return parquet_rows(ctx.storage, out.part_files())
 
 
 STAGE = MatchStage()

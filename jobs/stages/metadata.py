@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from curation.errors import InputError
 from curation.matching import load_metadata_json
-from curation.rundir import StageDir
+from curation.rundir import StageDir, parquet_rows
 from curation.settings import SettingError, setting
 from curation.storage import Storage, join
 from jobs.stages.base import Stage, StageContext
@@ -108,6 +108,10 @@ class MetadataStage(Stage):
 
     def fingerprint_settings(self, settings: MetadataConfig) -> dict:
         return {k: v for k, v in asdict(settings).items() if k not in _RUNTIME_ONLY}
+
+
+    def output_rows(self, ctx: StageContext, out: StageDir) -> int:
+        return parquet_rows(ctx.storage, [entries_url(out)])
 
 
 STAGE = MetadataStage()

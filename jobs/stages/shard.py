@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from curation.phash import hash_to_hex
-from curation.rundir import StageDir, reject_rows
+from curation.rundir import StageDir, parquet_rows, reject_rows
 from curation.settings import setting
 from curation.shards import read_tar_samples, sanitize_key, write_shards
 from curation.storage import relative
@@ -89,6 +89,10 @@ class ShardStage(Stage):
                 "rejected": dict(Counter(r["reason"] for r in rejects)),
                 "shards": len(result.shards), "shards_written": len(result.written),
                 "shards_skipped": len(result.skipped), "samples_per_shard": s.samples_per_shard}
+
+
+    def output_rows(self, ctx: StageContext, out: StageDir) -> int:
+        return parquet_rows(ctx.storage, [manifest_url(out)])
 
 
 STAGE = ShardStage()

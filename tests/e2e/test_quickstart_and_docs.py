@@ -140,7 +140,7 @@ def test_every_data_folder_reads_with_standard_tools(quickstart, spark):
             "pandas": len(pd.read_parquet(path)),
             "pyarrow": ds.dataset(str(path)).count_rows(),
             "spark": spark.read.parquet(str(path)).count(),
-            "duckdb": duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob_path}')").fetchone()[0],
+            "duckdb": duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob_path}')").fetchall()[0][0],
         }
         assert len(set(counts.values())) == 1, (name, counts)
         if want is not None:
