@@ -53,6 +53,10 @@ class Stage:
     section: ClassVar[str | None] = None
     Config: ClassVar[type | None] = None
     section_doc: ClassVar[str] = ""
+    #: Whether every rejected input becomes a row in ``rejects/<name>/`` (checked before
+    #: ``_SUCCESS``). The metadata stage counts candidates it drops (duplicates, over a cap) in its
+    #: summary and report instead: most never reach the driver as rows.
+    reject_rows: ClassVar[bool] = True
     #: A CLI module with the stage's own actions (``add_actions(parser)``, ``run_action(args)``),
     #: named by path: the CLI sits above the stages and loads it; None: only ``--config`` runs.
     cli_actions: ClassVar[str | None] = None
@@ -182,7 +186,7 @@ def verify_outputs(stage: Stage, ctx: StageContext, out: StageDir, summary: dict
         raise StageError(f"{stage.name}: its data under {out.url} holds {rows:,} rows but the stage counted "
                          f"{int(summary['out']):,}; rows were lost or written twice (another job in this run "
                          "directory?); the stage is not marked complete")
-    if out.rejects_url is not None:
+    if out.rejects_url is not None and stage.reject_rows:
         rejected = sum(int(v) for v in summary["rejected"].values())
         found = out.reject_rows()
         if found != rejected:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ENTRIES = "entries.parquet"
 LIST = "metadata.json"
 REPORT = "_report.json"
+ID_MAP = "_id_map.parquet"
 
 
 @dataclass
@@ -83,6 +84,7 @@ class MetadataStage(Stage):
     Config = MetadataConfig
     section_doc = "the entry list: import one (path) or build one (wordnet, wiki, pageviews)"
     cli_actions = "jobs.commands.metadata"
+    reject_rows = False
 
     def check(self, ctx: StageContext) -> None:
         s = ctx.settings(self)
@@ -149,7 +151,11 @@ def _import_files(path: str, storage: Storage) -> list[str]:
 
 def import_metadata(path: str, out: StageDir, storage: Storage) -> dict:
     """Validate + lint a list and write it as this stage's outputs. Sources and scores come from
-    an ``entries.parquet`` beside it when that file describes the same list; else ``import``."""
+    an ``entries.parquet`` beside it when that file describes the same list; else ``import``.
+
+    A string listed twice would split its texts between two ids and so halve its count: each is
+    kept once, at its first position. The later copies are rejected (``duplicate_entry``) and
+    ``_id_map.parquet`` maps every original position to the id it now has."""
     files = _import_files(path, storage)
     entries = load_metadata_json(files[0], storage)
     sources, scores = ["import"] * len(entries), [None] * len(entries)
@@ -161,18 +167,35 @@ def import_metadata(path: str, out: StageDir, storage: Storage) -> dict:
                 scores = t.column("score").to_pylist()
         else:
             log.warning("%s does not describe the list in %s; sources are recorded as 'import'", files[1], files[0])
-    merged = list(zip(entries, sources, scores))
+    first: dict[str, int] = {}
+    new_id: list[int] = []
+    keep: list[int] = []
+    for i, e in enumerate(entries):
+        if e not in first:
+            first[e] = len(keep)
+            keep.append(i)
+        new_id.append(first[e])
+    duplicates = len(entries) - len(keep)
+    merged = [(entries[i], sources[i], scores[i]) for i in keep]
     per_source: dict[str, int] = {}
-    for s in sources:
-        per_source[s] = per_source.get(s, 0) + 1
-    report = build_report(merged, {s: {"candidates": n, "kept": n} for s, n in per_source.items()},
-                          {"imported_from": files[0]})
+    for _, src, _ in merged:
+        per_source[src] = per_source.get(src, 0) + 1
+    extra: dict = {"imported_from": files[0]}
+    if duplicates:
+        repeated = [(i, entries[i], new_id[i]) for i in range(len(entries)) if keep[new_id[i]] != i]
+        extra["duplicates_removed"] = duplicates
+        extra["duplicate_examples"] = [{"original_id": i, "entry": e, "kept_as": k} for i, e, k in repeated[:50]]
+        storage.write_parquet(pa.table({"original_id": pa.array(range(len(entries)), pa.int32()),
+                                        "entry_id": pa.array(new_id, pa.int32())}), out.path(ID_MAP))
+        log.warning("metadata: %d entries are listed more than once in %s (e.g. %r); each is kept once, at its "
+                    "first position: ids after it shift, %s maps the original positions", duplicates, files[0],
+                    repeated[0][1], out.path(ID_MAP))
+    report = build_report(merged, {s: {"candidates": n, "kept": n} for s, n in per_source.items()}, extra)
     write_outputs(out.url, merged, report, storage)
     lint = report["lint"]
-    log.info("metadata: imported %d entries from %s (%d can never match, %d duplicates)",
-             len(entries), files[0], lint["never_match"], lint["counts"]["duplicate"])
-    return {"in": len(entries), "out": len(entries), "rejected": {}, "mode": "import",
-            "entries": len(entries), "entries_per_source": report["entries_per_source"],
+    log.info("metadata: imported %d entries from %s (%d can never match)", len(merged), files[0], lint["never_match"])
+    return {"in": len(entries), "out": len(merged), "rejected": {"duplicate_entry": duplicates} if duplicates else {},
+            "mode": "import", "entries": len(merged), "entries_per_source": report["entries_per_source"],
             "lint_never_match": lint["never_match"], "lint_duplicates": lint["counts"]["duplicate"]}
 
 

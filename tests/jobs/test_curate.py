@@ -364,3 +364,20 @@ def test_pass_one_buckets_are_sorted_runs_of_hash_ranges(tmp_path):
         for b, run in buckets:
             assert run.size and all((int(x) * n) >> 64 == b for x in run.tolist())
             assert np.all(run[1:] >= run[:-1])
+
+
+def test_a_repeated_metadata_entry_is_counted_once(curate, tmp_path):
+    """An entry listed twice would split its texts between two ids (halving its count, so
+    over-keeping it); the metadata stage keeps it once and the counts are whole."""
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps(["dog", "cat", "dog"]))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    texts = [f"a dog {i}" for i in range(30)] + [f"a cat {i}" for i in range(30)]
+    pq.write_table(pa.table({"url": [f"http://h/{i}.jpg" for i in range(60)], "text": texts}), pool / "p.parquet")
+    s = curate(str(pool), str(meta), str(tmp_path / "run"), {"balance.t": 10})
+    assert s["metadata"]["rejected"] == {"duplicate_entry": 1} and s["metadata"]["out"] == 2
+    counts = pq.read_table(tmp_path / "run" / "count" / "entry_counts.parquet").to_pydict()
+    assert dict(zip(counts["entry"], counts["count"])) == {"dog": 30, "cat": 30}
+    kept = pq.read_table(tmp_path / "run" / "balance").column("p_keep").to_pylist()
+    assert kept and all(p == pytest.approx(10 / 30) for p in kept)

@@ -82,10 +82,17 @@ def test_import_validates_and_lints(tmp_path):
     src = tmp_path / "metadata.json"
     src.write_text(json.dumps(["dog", "hot dog", "St. Louis", "dog"]), encoding="utf-8")
     report = _import(src, tmp_path / "M")
-    assert report["lint"]["counts"]["wrapped_char"] == 1 and report["lint"]["counts"]["duplicate"] == 1
+    assert report["lint"]["counts"]["wrapped_char"] == 1 and report["lint"]["counts"]["duplicate"] == 0
+    # the repeated "dog" is kept once (a second id would split its count); the mapping is kept
+    assert report["duplicates_removed"] == 1
+    assert report["duplicate_examples"] == [{"original_id": 3, "entry": "dog", "kept_as": 0}]
     t = pq.read_table(tmp_path / "M" / "entries.parquet").to_pydict()
-    assert t["entry_id"] == [0, 1, 2, 3] and set(t["source"]) == {"import"} and t["score"] == [None] * 4
-    assert json.loads((tmp_path / "M" / "metadata.json").read_text()) == ["dog", "hot dog", "St. Louis", "dog"]
+    assert t["entry_id"] == [0, 1, 2] and set(t["source"]) == {"import"} and t["score"] == [None] * 3
+    assert json.loads((tmp_path / "M" / "metadata.json").read_text()) == ["dog", "hot dog", "St. Louis"]
+    id_map = pq.read_table(tmp_path / "M" / "_id_map.parquet").to_pydict()
+    assert id_map == {"original_id": [0, 1, 2, 3], "entry_id": [0, 1, 2, 0]}
+    summary = json.loads((tmp_path / "M" / "_summary.json").read_text())
+    assert summary["in"] == 4 and summary["out"] == 3 and summary["rejected"] == {"duplicate_entry": 1}
     for bad, msg in (('{"a": 1}', "JSON list"), ('["ok", 3]', "entry #1"), ('["ok", ""]', "empty string"),
                      ("[1,", "not valid")):
         src.write_text(bad)
