@@ -316,6 +316,13 @@ class RunLock:
 
     # ------------------------------------------------------------------ acquire / release
     def acquire(self) -> "RunLock":
+        try:
+            return self._acquire()
+        except PermissionError as exc:
+            raise InputError(f"cannot write to the run directory {self.run.url} ({exc.strerror or exc}); "
+                             "choose a run_dir you can write to") from None
+
+    def _acquire(self) -> "RunLock":
         for _ in range(3):
             lease = self._read()
             if lease is not None and lease.get("owner") != self.owner:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,7 +84,9 @@ class LocalCluster:
         except ProcessLookupError:
             pass
 
-    def stop(self) -> None:
+    def stop(self, keep_logs: bool = False) -> None:
+        """Stop every process; the scratch folder (logs, worker dirs) goes too unless ``keep_logs``
+        (a cluster that failed to start keeps it: the error message points there)."""
         for pid in self.worker_pids + [self.master_pid]:
             try:
                 os.killpg(pid, signal.SIGTERM)
@@ -95,6 +98,8 @@ class LocalCluster:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.log_dir and not keep_logs:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
 def start_cluster(workers: int = 2, cores: int = 1, memory: str = "2g", timeout: float = 90,
@@ -128,7 +133,7 @@ def start_cluster(workers: int = 2, cores: int = 1, memory: str = "2g", timeout:
             time.sleep(0.5)
         raise TimeoutError(f"only some of {workers} workers registered within {timeout}s; logs in {log_dir}")
     except BaseException:
-        cluster.stop()
+        cluster.stop(keep_logs=True)
         raise
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -135,6 +136,26 @@ def get_spark(master: str | None = None, app_name: str = "metacurate",
     if ship_code:
         spark.sparkContext.addPyFile(package_zip())
     return spark
+
+
+_INPUT_ERROR = re.compile(r"InputError: (.*)")
+
+
+@contextmanager
+def executor_errors() -> Iterator[None]:
+    """Turn an ``InputError`` raised inside a Spark task back into an ``InputError`` here, so the
+    user sees its one-line message instead of a JVM stack trace wrapping a Python one."""
+    from curation.errors import InputError
+
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:  # py4j / PythonException wrap the task's traceback text
+        m = _INPUT_ERROR.search(str(exc))
+        if m:
+            raise InputError(m.group(1).strip()) from None
+        raise
 
 
 def _duration(seconds: float) -> str:

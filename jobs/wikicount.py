@@ -35,13 +35,13 @@ import logging
 import math
 import re
 from collections import Counter
-from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pyarrow as pa
 
 from curation.errors import InputError
 from curation.storage import Storage
+from jobs.spark import executor_errors
 from metadata import ngram_arrow, wiki
 from metadata import pageviews as pv
 from metadata.merge import SourceCandidates
@@ -79,23 +79,6 @@ def expand_inputs(pattern: str, what: str, storage: Storage) -> list[str]:
     if not found:
         raise InputError(f"{what}: no file matches {pattern}")
     return [proto + p if proto and not p.startswith(proto) else p for p in found]
-
-
-_INPUT_ERROR = re.compile(r"InputError: (.*)")
-
-
-@contextmanager
-def executor_errors() -> Iterator[None]:
-    """Turn an ``InputError`` raised inside a Spark task back into an ``InputError`` here."""
-    try:
-        yield
-    except InputError:
-        raise
-    except Exception as exc:  # py4j / PythonException wrap the task's traceback text
-        m = _INPUT_ERROR.search(str(exc))
-        if m:
-            raise InputError(m.group(1).strip()) from None
-        raise
 
 
 def _one_per_partition(spark, rows: list[tuple], ddl: str):

@@ -98,7 +98,7 @@ class BPETokenizer(_Base):
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, SOT, EOT],
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
-        tok.train_from_iterator(texts, trainer=trainer)
+        tok.train_from_iterator(_bounded(texts), trainer=trainer)
         return cls(tok)
 
     def _ids(self, texts: Sequence[str]) -> list[list[int]]:
@@ -117,6 +117,23 @@ class BPETokenizer(_Base):
 
 
 Tokenizer = _Base
+
+
+#: What BPE training sees of a caption. The merges are learnt within words, and the trainer's work
+#: grows much faster than linearly with a word's length: one 1 MiB "word" kept it busy for minutes
+#: (in native code, deaf to Ctrl-C). Captions are cut to the first MAX_TRAIN_CHARS characters and
+#: longer runs without a space into MAX_TRAIN_WORD-character pieces; the model only ever sees the
+#: first few dozen tokens of a caption anyway.
+MAX_TRAIN_CHARS = 1000
+MAX_TRAIN_WORD = 64
+
+
+def _bounded(texts: Iterable[str]) -> Iterable[str]:
+    for text in texts:
+        text = text[:MAX_TRAIN_CHARS]
+        if any(len(w) > MAX_TRAIN_WORD for w in text.split()):
+            text = " ".join(w[i:i + MAX_TRAIN_WORD] for w in text.split() for i in range(0, len(w), MAX_TRAIN_WORD))
+        yield text
 
 
 def tokenizer_from_json(text: str) -> _Base:

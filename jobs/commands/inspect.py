@@ -37,7 +37,17 @@ def _n(x: Any) -> str:
     return str(x)
 
 
-def _cut(s: str, width: int) -> str:
+def _safe(s: object) -> str:
+    """Text from the data (entries, reasons, details) with control characters shown as escapes: an
+    entry holding an ANSI sequence must not recolour or clear the user's terminal."""
+    text = str(s)
+    if not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
+        return text
+    return "".join(c if not (ord(c) < 32 or 127 <= ord(c) < 160) else repr(c)[1:-1] for c in text)
+
+
+def _cut(s: object, width: int) -> str:
+    s = _safe(s)
     return s if len(s) <= width else s[: width - 1] + "~"
 
 

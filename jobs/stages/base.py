@@ -286,7 +286,7 @@ def run_units(ctx: StageContext, out: StageDir, units: list[dict], task: Callabl
               task_ctx: dict, label: str) -> list[dict]:
     """Run ``task(unit, task_ctx)`` as one Spark task per unit not yet done; returns every unit's
     summary (from its marker for units finished by an earlier attempt), sorted by unit id."""
-    from jobs.spark import progress
+    from jobs.spark import executor_errors, progress
 
     done = out.done_units()
     todo = [u for u in units if u["unit"] not in done]
@@ -297,7 +297,7 @@ def run_units(ctx: StageContext, out: StageDir, units: list[dict], task: Callabl
         log.info("%s: running %d units", label, len(todo))
         sc = ctx.spark.sparkContext
         rdd = sc.parallelize(todo, len(todo))
-        with progress(sc, label):
+        with progress(sc, label), executor_errors():
             results += rdd.mapPartitions(lambda it: [task(u, task_ctx) for u in it]).collect()
     wanted = {u["unit"] for u in units}
     return sorted([r for r in results if r["unit"] in wanted], key=lambda r: r["unit"])

@@ -155,9 +155,35 @@ def _plain_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
     return table
 
 
+#: Columns the stages add: a pool column of one of these names would collide with them.
+RESERVED_COLUMNS = ("entry_ids", "p_keep")
+
+
+def pool_files(path: str, storage: Storage) -> list[str]:
+    """The pool's parquet files: the file given, or a folder's ``*.parquet`` and those of its
+    Hive-style partition folders (``name=value/``), as Spark reads a folder. Parquet in any other
+    subfolder is an error naming it: such a file is not silently read, nor silently left out."""
+    files = storage.list_files(path, ".parquet")
+    if not storage.isdir(path):
+        return files
+    root = storage.fs(path)[1].rstrip("/")
+    kept, stray = [], set()
+    for f in files:
+        parts = storage.fs(f)[1][len(root) + 1:].split("/")
+        if all("=" in d for d in parts[:-1]):
+            kept.append(f)
+        else:
+            stray.add("/".join(parts[:-1]))
+    if stray:
+        raise InputError(f"pool folder {path} has parquet files in subfolder(s) {sorted(stray)[:5]}, which are "
+                         "not partitions (name=value); point pool.path at the folder that holds the pool's files, "
+                         "or move them up")
+    return kept
+
+
 def plan_units(s: PoolConfig, storage: Storage) -> tuple[list[dict], list[dict]]:
     """Work units from the pool's footers (the driver reads metadata only): ``(units, bad_files)``."""
-    files = storage.list_files(s.path, ".parquet")
+    files = pool_files(s.path, storage)
     if not files:
         raise InputError(f"no .parquet files found under pool {s.path}")
 
@@ -183,6 +209,11 @@ def plan_units(s: PoolConfig, storage: Storage) -> tuple[list[dict], list[dict]]
         if missing:
             raise InputError(f"pool file {path} lacks column(s) {missing}; it has {schema.names}. "
                              "The pool needs `url` and `text` (and optionally `uid`)")
+        clash = [c for c in RESERVED_COLUMNS if c in schema.names]
+        if clash:
+            raise InputError(f"pool file {path} has column(s) {clash}, which the match and balance stages add to "
+                             "every row; rename or drop them in the pool (e.g. a pool that is an earlier curated "
+                             "output: select url, text and uid)")
         for col in ("url", "text", "uid"):
             if col in schema.names and not _is_text_type(schema.field(col).type):
                 raise InputError(f"pool file {path}: column `{col}` is {schema.field(col).type}; it must hold "
@@ -370,13 +401,22 @@ def _match_unit(unit: dict, task_ctx: dict) -> dict:
     throttle()
     clock = PhaseClock()
     arrow_compute_ready(clock)
-    with storage.parquet_file(unit["path"]) as pf:
-        table = pf.read_row_groups(list(range(unit["rg_start"], unit["rg_end"])))
-        first_row = sum(pf.metadata.row_group(i).num_rows for i in range(unit["rg_start"]))
+    rel_path = _pool_relative(unit["path"], task_ctx["pool_root"], storage)
+    try:
+        with storage.parquet_file(unit["path"]) as pf:
+            first_row = sum(pf.metadata.row_group(i).num_rows for i in range(unit["rg_start"]))
+            table = pf.read_row_groups(list(range(unit["rg_start"], unit["rg_end"])))
+    except (OSError, ValueError, pa.ArrowException) as exc:  # a corrupt page, a truncated file
+        where = f"{unit['path']} (row groups {unit['rg_start']}-{unit['rg_end'] - 1})"
+        why = f"{type(exc).__name__}: " + " ".join(repr(str(exc))[1:-1].split())  # one line, no control chars
+        if s.on_bad_file != "skip":
+            raise InputError(f"pool file {where} cannot be read: {why}; fix or remove it, or set "
+                             "pool.on_bad_file: skip to record its rows as rejects and continue") from None
+        return _unreadable_unit(unit, task_ctx, out, rel_path, f"{where}: {why}")
     table = _plain_columns(table, ("url", "text", "uid"))
     n = table.num_rows
     clock.lap("read")
-    uids, null_url = row_uids(table, _pool_relative(unit["path"], task_ctx["pool_root"], storage), first_row)
+    uids, null_url = row_uids(table, rel_path, first_row)
     clock.lap("uid")
     texts, codes, details = texts_and_reasons(table.column("text").combine_chunks(), s.max_text_bytes)
     codes[(codes == 0) & null_url] = _R["null_url"]
@@ -412,6 +452,29 @@ def _match_unit(unit: dict, task_ctx: dict) -> dict:
     clock.lap("write")
     summary = {"unit": unit["unit"], "in": n, "out": rows.num_rows, "rejected": reason_counts(codes, REASONS),
                "phases": clock.as_dict()}
+    out.write_unit(unit["unit"], summary)
+    return summary
+
+
+def _unreadable_unit(unit: dict, task_ctx: dict, out: StageDir, rel_path: str, detail: str) -> dict:
+    """A unit whose rows cannot be read (``pool.on_bad_file: skip``): every row it should hold
+    (the footer says how many) becomes an ``unreadable_rows`` reject with a position-based uid."""
+    storage: Storage = task_ctx["storage"]
+    with storage.parquet_file(unit["path"]) as pf:
+        first_row = sum(pf.metadata.row_group(i).num_rows for i in range(unit["rg_start"]))
+        schema = pf.schema_arrow
+    n = unit["rows"]
+    uids = pa.array(["row-" + hashlib.sha224(f"{rel_path}#{first_row + i}".encode()).hexdigest()[:20]
+                     for i in range(n)], pa.string())
+    codes = np.ones(n, np.int8)
+    write_part(reject_table(uids, MatchStage.name, codes, ("", "unreadable_rows"), [detail[:500]] * n),
+               out.rejects(_part_name(unit["unit"])), storage)
+    rows = pa.table({"uid": pa.array([], pa.string()), "url": pa.array([], pa.string()),
+                     "text": pa.array([], pa.string()), "entry_ids": pa.array([], pa.list_(pa.int32())),
+                     **{c: pa.array([], schema.field(c).type) for c in schema.names if c not in CORE_COLUMNS}})
+    write_part(rows, out.path(_part_name(unit["unit"])), storage)
+    summary = {"unit": unit["unit"], "in": n, "out": 0, "rejected": {"unreadable_rows": n} if n else {},
+               "phases": {}}
     out.write_unit(unit["unit"], summary)
     return summary
 
