@@ -59,6 +59,11 @@ def _make_run_config() -> type:
     for stage in STAGES:
         if stage.section:
             fields.append((stage.section, stage.Config, section(stage.Config, stage.section_doc)))
+    fields.append(("max_failed_fraction", float, setting(
+        0.2, "a stage fails (exit 1, no _SUCCESS) when more than this share of its input is rejected for a "
+             "failure of the tool or the infrastructure (unreadable files, failed download shards, connection "
+             "errors...; each stage lists its reasons) rather than by a curation decision", minimum=0,
+        finite=True)))
     all_stages = [s.name for s in STAGES]
     fields.append(("stages", list, setting(all_stages, "stages `metacurate run` executes (in pipeline order; "
                                                       "incomplete upstream stages they need run too)")))

@@ -11,8 +11,9 @@ every stage:
    are kept). Anything else: empty the stage and reject folders and start again;
 4. the stage's input holds the rows its upstream summary claims (``input_rows``), else
    :class:`StageError`: an input moved or read from the wrong place never passes as empty;
-5. ``run`` the stage; the summary must reconcile, ``in == out + sum(rejected)``, and the parts on
-   storage must hold exactly the rows it claims (``output_rows``, the reject folder), else
+5. ``run`` the stage; the summary must reconcile, ``in == out + sum(rejected)``, the parts on
+   storage must hold exactly the rows it claims (``output_rows``, the reject folder), and at most
+   ``max_failed_fraction`` of the input may be rejected for a failure (``failure_reasons``), else
    :class:`StageError` naming the stage and the numbers (a real check, not an ``assert``);
 6. write ``_summary.json``, then ``_SUCCESS`` last.
 
@@ -53,6 +54,10 @@ class Stage:
     section: ClassVar[str | None] = None
     Config: ClassVar[type | None] = None
     section_doc: ClassVar[str] = ""
+    #: Reject reasons that mean the tool or the infrastructure failed on a row (an unreadable file,
+    #: a failed download shard, a connection error), not a curation decision. When more than
+    #: ``max_failed_fraction`` of the input fails so, the stage fails instead of completing.
+    failure_reasons: ClassVar[tuple[str, ...]] = ()
     #: Whether every rejected input becomes a row in ``rejects/<name>/`` (checked before
     #: ``_SUCCESS``). The metadata stage counts candidates it drops (duplicates, over a cap) in its
     #: summary and report instead: most never reach the driver as rows.
@@ -194,6 +199,20 @@ def verify_outputs(stage: Stage, ctx: StageContext, out: StageDir, summary: dict
                              f"{rejected:,}; the stage is not marked complete")
 
 
+def check_failures(stage: Stage, ctx: StageContext, out: StageDir, summary: dict) -> None:
+    """Too many rows rejected for a failure (``Stage.failure_reasons``): a :class:`StageError`."""
+    limit = getattr(ctx.cfg, "max_failed_fraction", None)
+    n_in = int(summary["in"])
+    if limit is None or n_in == 0 or not stage.failure_reasons:
+        return
+    failed = {r: int(n) for r, n in summary["rejected"].items() if r in stage.failure_reasons and n}
+    total = sum(failed.values())
+    if total / n_in > limit:
+        raise StageError(f"{stage.name}: {total:,} of {n_in:,} rows failed ({failed}), more than "
+                         f"max_failed_fraction={limit:g}; the stage is not marked complete. The reasons are in "
+                         f"{out.rejects_url}: fix the cause and run it again, or raise max_failed_fraction")
+
+
 def execute(stage: Stage, ctx: StageContext, *, out: StageDir | None = None, force: bool = False) -> dict:
     """Run one stage under the contract above; returns its summary (the stored one when skipped).
 
@@ -217,6 +236,7 @@ def execute(stage: Stage, ctx: StageContext, *, out: StageDir | None = None, for
     summary = reconcile(stage.name, stage.run(ctx, d))
     summary.setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
     verify_outputs(stage, ctx, d, summary)
+    check_failures(stage, ctx, d, summary)
     d.write_summary(summary)
     d.write_success(fp, stage=stage.name, version=stage.version)
     return summary

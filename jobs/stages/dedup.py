@@ -64,6 +64,7 @@ class DedupStage(Stage):
     section = "dedup"
     Config = DedupConfig
     section_doc = "eval-set near-duplicate removal"
+    failure_reasons = ("corrupt_image",)
     sizing_estimate = (0.5, "pHash ~0.83 ms per 256 px image plus ~1 ms of JPEG decode and tar reading")
 
     def inputs(self, ctx: StageContext) -> list:

@@ -79,6 +79,7 @@ class MatchStage(Stage):
     section = "pool"
     Config = PoolConfig
     section_doc = "the input pool and how the match stage reads it"
+    failure_reasons = ("unreadable_file", "unreadable_rows")
 
     def check(self, ctx: StageContext) -> None:
         s = ctx.settings(self)

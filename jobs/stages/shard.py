@@ -39,6 +39,7 @@ class ShardStage(Stage):
     section = "shard"
     Config = ShardConfig
     section_doc = "WebDataset shards"
+    failure_reasons = ("missing_phash", "malformed_sample")
     sizing_estimate = (0.1, "re-packing tar members without decoding, ~0.3 ms per sample")
 
     def run(self, ctx: StageContext, out: StageDir) -> dict:

@@ -61,7 +61,14 @@ def test_a_corrupt_data_page_names_the_file(spark, tmp_path, capsys):
 def test_a_corrupt_data_page_with_skip_rejects_every_row_of_it(spark, tmp_path, capsys):
     pool = _pool(tmp_path, {"a.parquet": _rows(200), "b.parquet": _rows(200, 200)})
     _corrupt_a_data_page(os.path.join(pool, "b.parquet"))
-    assert _curate(tmp_path, pool, "--on-bad-file", "skip", "--rows-per-unit", "1000") == 0
+    # half the pool unreadable: more than the default max_failed_fraction (0.2) allows
+    assert _curate(tmp_path, pool, "--on-bad-file", "skip", "--rows-per-unit", "1000") == 1
+    err = capsys.readouterr().err
+    assert "match: 200 of 400 rows failed ({'unreadable_rows': 200}), more than max_failed_fraction=0.2" in err
+    assert not (tmp_path / "run" / "match" / "_SUCCESS").exists()
+    # accepted when the limit says so
+    assert _curate(tmp_path, pool, "--on-bad-file", "skip", "--rows-per-unit", "1000",
+                   "--set", "max_failed_fraction=0.6") == 0
     s = json.loads((tmp_path / "run" / "match" / "_summary.json").read_text())
     assert s["in"] == 400 and s["rejected"] == {"unreadable_rows": 200} and s["out"] == 200
     rej = pq.read_table(tmp_path / "run" / "rejects" / "match").to_pydict()
