@@ -35,7 +35,7 @@ from curation.fastmatch import COMPILED_FORMAT, FastMatcher
 from curation.hashing import string_hash64
 from curation.matching import entries_fingerprint
 from curation.rundir import StageDir, parquet_rows, reason_counts, reject_table
-from curation.settings import setting
+from curation.settings import SettingError, setting
 from curation.storage import Storage
 from jobs.stages import metadata
 from jobs.stages.base import (
@@ -61,6 +61,11 @@ UNREADABLE_FILES = "files.parquet"
 class PoolConfig:
     path: str = setting("", "pool parquet file or folder (columns url, text, optional uid; other columns pass "
                             "through)", flag="--pool")
+    url_col: str = setting("url", "the pool's image-URL column (LAION's parquet: URL); written as `url`")
+    text_col: str = setting("text", "the pool's caption column (LAION's parquet: TEXT); written as `text`",
+                            aliases=("--caption-col",))
+    uid_col: str = setting("uid", "the pool's id column, used where present (DataComp: uid); rows without one get "
+                                  "sha224(url)[:24], MetaCLIP's id; written as `uid`")
     max_text_bytes: int = setting(65_536, "captions longer than this (UTF-8 bytes) are rejected as text_too_long",
                                   minimum=1)
     rows_per_unit: int = setting(250_000, "rows per work unit (a Spark task): row groups are grouped up to this "
@@ -70,6 +75,16 @@ class PoolConfig:
     check_duplicate_uids: bool = setting(True, "reject later repeats of a uid among matched rows as "
                                                "duplicate_uid (pool order decides which is kept; costs one "
                                                "shuffle of the uids)")
+
+    def columns(self) -> dict[str, str]:
+        """The pool's column for each of ``url``, ``text`` and ``uid`` (what the stage calls them)."""
+        return {"url": self.url_col, "text": self.text_col, "uid": self.uid_col}
+
+    def validate(self) -> None:
+        mapped = [c for c in self.columns().values()]
+        if len(set(mapped)) < 3:
+            raise SettingError("url_col", f"url_col, text_col and uid_col must name three different columns, got "
+                                          f"{mapped}")
 
 
 class MatchStage(Stage):
@@ -102,7 +117,8 @@ class MatchStage(Stage):
                 pa.array([""] * len(bad), pa.string()), self.name, np.ones(len(bad), np.int8),
                 ("", "unreadable_file"), [f"{b['path']}: {b['error']}" for b in bad]),
                 out.rejects(UNREADABLE_FILES))
-        task_ctx = {"settings": asdict(s), "pool_root": ctx.storage.fs(s.path)[1].rstrip("/"),
+        task_ctx = {"settings": asdict(s), "settings_columns": list(s.columns().values()),
+                    "pool_root": ctx.storage.fs(s.path)[1].rstrip("/"),
                     "storage": ctx.storage, "out": out.url, "rejects": out.rejects_url, **meta}
         t0 = time.perf_counter()
         results = run_units(ctx, out, units, _match_unit, task_ctx, self.name)
@@ -139,6 +155,14 @@ def _is_text_type(t: pa.DataType) -> bool:
         t = t.value_type
     return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
             or pa.types.is_large_binary(t) or str(t) in ("string_view", "binary_view"))
+
+
+def _canonical_columns(table: pa.Table, s: PoolConfig) -> pa.Table:
+    """The pool's url / text / uid columns under those names (pool.url_col, ... say which they are)."""
+    names = {v: k for k, v in s.columns().items() if k != v}
+    if not names:
+        return table
+    return table.rename_columns([names.get(c, c) for c in table.column_names])
 
 
 def _plain_columns(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
@@ -206,16 +230,24 @@ def plan_units(s: PoolConfig, storage: Storage) -> tuple[list[dict], list[dict]]
                                  "or set pool.on_bad_file: skip to record it as a reject and continue")
             bad.append({"path": path, "error": err})
             continue
-        missing = [c for c in ("url", "text") if c not in schema.names]
+        cols = s.columns()
+        missing = [cols[c] for c in ("url", "text") if cols[c] not in schema.names]
         if missing:
-            raise InputError(f"pool file {path} lacks column(s) {missing}; it has {schema.names}. "
-                             "The pool needs `url` and `text` (and optionally `uid`)")
+            raise InputError(f"pool file {path} lacks column(s) {missing}; it has {schema.names}. The pool needs "
+                             "an image-URL and a caption column: name them with pool.url_col / pool.text_col "
+                             "(--url-col / --text-col), e.g. URL and TEXT for LAION's parquet")
+        shadowed = [c for c in ("url", "text", "uid") if cols[c] != c and c in schema.names]
+        if shadowed:
+            raise InputError(f"pool file {path} has a column `{shadowed[0]}` besides the one pool.{shadowed[0]}_col "
+                             f"names (`{cols[shadowed[0]]}`), and the output names that one `{shadowed[0]}`: "
+                             "rename or drop one of them")
         clash = [c for c in RESERVED_COLUMNS if c in schema.names]
         if clash:
             raise InputError(f"pool file {path} has column(s) {clash}, which the match and balance stages add to "
                              "every row; rename or drop them in the pool (e.g. a pool that is an earlier curated "
                              "output: select url, text and uid)")
-        for col in ("url", "text", "uid"):
+        for role in ("url", "text", "uid"):
+            col = cols[role]
             if col in schema.names and not _is_text_type(schema.field(col).type):
                 raise InputError(f"pool file {path}: column `{col}` is {schema.field(col).type}; it must hold "
                                  "strings (string or binary, plain or dictionary-encoded)")
@@ -414,7 +446,7 @@ def _match_unit(unit: dict, task_ctx: dict) -> dict:
             raise InputError(f"pool file {where} cannot be read: {why}; fix or remove it, or set "
                              "pool.on_bad_file: skip to record its rows as rejects and continue") from None
         return _unreadable_unit(unit, task_ctx, out, rel_path, f"{where}: {why}")
-    table = _plain_columns(table, ("url", "text", "uid"))
+    table = _plain_columns(_canonical_columns(table, s), ("url", "text", "uid"))
     n = table.num_rows
     clock.lap("read")
     uids, null_url = row_uids(table, rel_path, first_row)
@@ -472,7 +504,8 @@ def _unreadable_unit(unit: dict, task_ctx: dict, out: StageDir, rel_path: str, d
                out.rejects(_part_name(unit["unit"])), storage)
     rows = pa.table({"uid": pa.array([], pa.string()), "url": pa.array([], pa.string()),
                      "text": pa.array([], pa.string()), "entry_ids": pa.array([], pa.list_(pa.int32())),
-                     **{c: pa.array([], schema.field(c).type) for c in schema.names if c not in CORE_COLUMNS}})
+                     **{c: pa.array([], schema.field(c).type) for c in schema.names
+                        if c not in CORE_COLUMNS and c not in task_ctx.get("settings_columns", ())}})
     write_part(rows, out.path(_part_name(unit["unit"])), storage)
     summary = {"unit": unit["unit"], "in": n, "out": 0, "rejected": {"unreadable_rows": n} if n else {},
                "phases": {}}
