@@ -78,7 +78,9 @@ class BalanceStage(Stage):
         counts = count.load_counts(ctx.dir(count.CountStage), n_entries)
         files = ctx.dir(match.MatchStage).part_files()
         sc = ctx.spark.sparkContext
-        counts_bc = sc.broadcast(counts.astype(np.float32))
+        # int64 counts and float64 probabilities end to end: head counts of a billion-row pool pass
+        # 2**24, where float32 stops counting exactly, and p_keep must be MetaCLIP's to 1e-12.
+        counts_bc = sc.broadcast(counts.astype(np.int64))
         max_count = int(counts.max()) if counts.size else 1
         t = s.t
         uniform_p = None
@@ -91,7 +93,7 @@ class BalanceStage(Stage):
             t = float(balancing.solve_t(lambda ts: _expected_kept(ctx.spark, files, counts_bc, ts, ctx.storage),
                                         s.target_size, max_count))
             log.info("balance: t = %s", t)
-        prob = balancing.entry_probabilities(counts, t).astype(np.float32)
+        prob = balancing.entry_probabilities(counts, t)
         p_bc = sc.broadcast(prob)
         ts = sorted(set(np.unique(np.geomspace(1, max(max_count, 2), s.sweep_points).round()).tolist()) | {float(t)})
         units = [{"unit": match._unit_of(f), "path": f} for f in files]

@@ -381,3 +381,41 @@ def test_a_repeated_metadata_entry_is_counted_once(curate, tmp_path):
     assert dict(zip(counts["entry"], counts["count"])) == {"dog": 30, "cat": 30}
     kept = pq.read_table(tmp_path / "run" / "balance").column("p_keep").to_pylist()
     assert kept and all(p == pytest.approx(10 / 30) for p in kept)
+
+
+def test_counts_beyond_float32_keep_exact_probabilities(curate, tmp_path):
+    """Head counts of a billion-row pool pass 2**24, where float32 stops counting exactly: the
+    balance stage keeps int64 counts and float64 probabilities, so p_keep is MetaCLIP's
+    1 - prod(1 - min(1, t/count)) to 1e-12 (float32 made 2**24 + 1 into 2**24: p = 1 exactly)."""
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps(["dog", "cat", "red"]))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    texts = ["a dog", "a cat", "a red dog", "a red cat", "dog cat"] * 20
+    pq.write_table(pa.table({"url": [f"http://h/{i}" for i in range(100)], "text": texts}), pool / "p.parquet")
+    run = tmp_path / "run"
+    curate(str(pool), str(meta), str(run), {"balance.t": 1}, stages=["count"])
+    big = {0: 2**24 + 1, 1: 300_000_001, 2: 3}  # what a 2.5B-row pool's counts look like
+    counts_file = run / "count" / "entry_counts.parquet"
+    table = pq.read_table(counts_file)
+    pq.write_table(table.set_column(3, "count", pa.array([big[i] for i in table.column("entry_id").to_pylist()],
+                                                         pa.int64())), counts_file)
+    t = float(2**24)
+    s = curate(str(pool), str(meta), str(run), {"balance.t": t, "balance.seed": 1}, stages=["balance"])
+    assert s["balance"]["head_entries"] == 2
+    # every row's p_keep from the exact formula, in Python floats
+    match = pq.read_table(run / "match").to_pydict()
+    want = {}
+    for uid, ids in zip(match["uid"], match["entry_ids"]):
+        q = 1.0
+        for e in ids:
+            q *= 1.0 - min(1.0, t / big[e])
+        want[uid] = 1.0 - q
+    rows = pq.read_table(run / "balance").to_pydict()
+    reject = pq.read_table(run / "rejects" / "balance").to_pydict()
+    got = dict(zip(rows["uid"], rows["p_keep"]))
+    got.update({u: float(d.split()[0].split("=")[1]) for u, d in zip(reject["uid"], reject["detail"])})
+    assert got.keys() == want.keys()
+    assert max(abs(got[u] - want[u]) for u in want) <= 1e-12
+    dog_only = [u for u, ids in zip(match["uid"], match["entry_ids"]) if ids == [0]]
+    assert dog_only and all(0 < got[u] < 1 for u in dog_only)  # float32 counts made these exactly 1
