@@ -1,0 +1,85 @@
+"""The DataFrame API gives the run-directory path's ids, counts and kept rows for the same pool,
+metadata and seed; the example script runs end to end."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from curation.errors import InputError
+from jobs.dataframe import balance, counts_array, entry_counts, match
+from jobs.demo import make_demo_pool
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    return make_demo_pool(str(tmp_path_factory.mktemp("dfpool")), n_rows=3000, seed=2, n_files=3)
+
+
+def _cli(curate, pool, run, settings):
+    curate(pool["pool"], pool["metadata"], str(run), settings)
+    match_rows = pq.read_table(run / "match").to_pydict()
+    ids = dict(zip(match_rows["uid"], match_rows["entry_ids"]))
+    counts = pq.read_table(run / "count").to_pydict()
+    kept = pq.read_table(run / "balance").to_pydict()
+    summary = json.loads((run / "balance" / "_summary.json").read_text())
+    return ids, dict(zip(counts["entry_id"], counts["count"])), dict(zip(kept["uid"], kept["p_keep"])), summary
+
+
+def test_same_ids_counts_and_kept_rows_as_the_cli(spark, curate, pool, tmp_path):
+    ids, counts, kept, _ = _cli(curate, pool, tmp_path / "run", {"balance.t": 40, "balance.seed": 7})
+    df = spark.read.parquet(pool["pool"]).repartition(5)  # partitioning must not matter
+    matched = match(df, pool["metadata"]).cache()
+    got_ids = {r["uid"]: list(r["entry_ids"]) for r in matched.select("uid", "entry_ids").collect()}
+    assert got_ids == ids
+    got_counts = {r["entry_id"]: r["count"] for r in entry_counts(matched).collect()}
+    assert got_counts == counts
+    assert entry_counts(matched).schema.simpleString() == "struct<entry_id:int,count:bigint>"
+    out = balance(matched, entry_counts(matched), t=40, seed=7)
+    got_kept = {r["uid"]: r["p_keep"] for r in out.select("uid", "p_keep").collect()}
+    assert got_kept.keys() == kept.keys() and len(kept) > 100
+    assert max(abs(got_kept[u] - kept[u]) for u in kept) == 0.0
+    every = balance(matched, counts_array(matched), t=40, seed=7, keep=False)
+    assert every.count() == matched.count()  # keep=False: p_keep on every row
+
+
+def test_target_size_solves_the_same_t(spark, curate, pool, tmp_path):
+    _, _, kept, summary = _cli(curate, pool, tmp_path / "run", {"balance.target_size": 900, "balance.seed": 1})
+    matched = match(spark.read.parquet(pool["pool"]), json.load(open(pool["metadata"])))
+    out = balance(matched, entry_counts(matched), target_size=900, seed=1)
+    assert {r["uid"] for r in out.select("uid").collect()} == set(kept)
+    assert summary["t"] > 1
+
+
+def test_column_mapping_and_clear_errors(spark, pool):
+    df = spark.read.parquet(pool["pool"]).withColumnRenamed("url", "URL").withColumnRenamed("text", "TEXT")
+    with pytest.raises(InputError, match="no column `text`"):
+        match(df, pool["metadata"])
+    matched = match(df, pool["metadata"], url_col="URL", text_col="TEXT", keep_unmatched=True)
+    assert matched.count() == df.count() and set(matched.columns) == {"URL", "TEXT", "uid", "entry_ids"}
+    with pytest.raises(InputError, match="exactly one of t"):
+        balance(matched, {0: 1})
+    with pytest.raises(InputError, match="already has a `p_keep`"):
+        balance(matched.withColumn("p_keep", matched["entry_ids"]), {0: 1}, t=5)
+    counts = counts_array(match(df, pool["metadata"], url_col="URL", text_col="TEXT"))
+    assert counts.dtype == np.int64 and counts.sum() > 0
+
+
+@pytest.mark.slow
+def test_the_example_script_runs(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "dataframe_api.py"), "--out",
+                           str(tmp_path / "curated"), "--master", "local[2]"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "-> kept" in proc.stdout and "most matched entries" in proc.stdout
+    kept = pq.read_table(tmp_path / "curated")
+    assert kept.num_rows > 0 and {"URL", "TEXT", "uid", "entry_ids", "p_keep"} <= set(kept.column_names)
