@@ -105,6 +105,13 @@ def test_readme_task_commands_run(quickstart, index):
                           text=True, timeout=900)
     assert proc.returncode == 0, f"README block failed:\n{block}\n--- stdout\n{proc.stdout[-2000:]}\n" \
                                  f"--- stderr\n{proc.stderr[-3000:]}"
+    if "runs/on-cluster" in block:  # a cluster run must curate rows, not merely exit 0
+        import pyarrow.parquet as pq
+
+        run = cwd / "runs" / "on-cluster"
+        for stage in ("match", "balance"):
+            summary = json.loads((run / stage / "_summary.json").read_text())
+            assert summary["out"] > 0 and pq.read_table(run / stage).num_rows == summary["out"], (stage, summary)
 
 
 def _datasets(run: Path) -> list[tuple[str, int | None]]:
