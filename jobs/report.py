@@ -33,7 +33,7 @@ from curation.stats import (
     sorted_counts,
 )
 from curation.storage import Storage, join
-from jobs.stages import STAGES, balance, count, metadata
+from jobs.stages import STAGES, balance, count, metadata, shard
 from jobs.stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class RunData:
     sweep: dict[str, Any] | None
     stages: list[StageInfo]
     metadata_entries: dict[str, int] | None
+    after_download: dict[str, Any] | None = None  # balance.after: download: figures and top entries
 
     @property
     def matched_texts(self) -> int:
@@ -236,7 +237,21 @@ def load_run(run: RunDir | str) -> RunData:
         sweep = dict(sweep, chosen_t=float(t))
     log.debug("run %s: %d entries, t=%s, %d stages", run.url, len(stats.count), t, len(stages))
     return RunData(run=run.url, stats=stats, t=float(t), balance=bal_summary, sweep=sweep, stages=stages,
-                   metadata_entries=metadata_entries)
+                   metadata_entries=metadata_entries, after_download=_after_download(run, counts))
+
+
+def _after_download(run: RunDir, counts: pa.Table, top: int = 20) -> dict[str, Any] | None:
+    """With ``balance.after: download``: the shard stage's figures and, per head entry, its count
+    among matched rows, among the images that arrived, and kept."""
+    d = run.stage(shard.STAGE.name, shard.STAGE.dir_name())
+    url = d.path(shard.AFTER_DOWNLOAD)
+    summary = d.summary() or {}
+    if not run.storage.exists(url) or "balance_after_download" not in summary:
+        return None
+    t = run.storage.read_parquet(url).sort_by([("count_matched", "descending"), ("entry_id", "ascending")])
+    names = dict(zip(counts.column("entry_id").to_pylist(), counts.column("entry").to_pylist()))
+    rows = [{"entry": names.get(r["entry_id"], str(r["entry_id"])), **r} for r in t.slice(0, top).to_pylist()]
+    return {"figures": summary["balance_after_download"], "top": rows}
 
 
 # ----------------------------------------------------------------------------- plots
@@ -614,6 +629,24 @@ def _top_html(top: list[dict[str, Any]]) -> str:
             "<th>kept</th><th>cap min(count, t)</th><th>kept / count</th></tr>" + body + "</table></div>")
 
 
+def _after_download_html(after: dict[str, Any] | None) -> str:
+    """``balance.after: download``: the draw over the images that arrived, against the counts of
+    the matched pool (what balancing before download would have used)."""
+    if not after:
+        return ""
+    f = after["figures"]
+    body = "".join(
+        f"<tr><td>{_e(r['entry'])}</td><td class='n'>{_num(r['count_matched'])}</td>"
+        f"<td class='n'>{_num(r['count_downloaded'])}</td><td class='n'>{_num(r['kept'])}</td></tr>"
+        for r in after["top"])
+    return (f"<h2>Balanced after download</h2><p>t = {_num(f['t'])}: {_num(f['kept'])} of {_num(f['survivors'])} "
+            f"images that downloaded and passed dedup kept ({'all, drawn per epoch in training' if f['online'] else 'one draw'}); "
+            f"head entries {_num(f['head_entries_matched'])} counted over the matched pool, "
+            f"{_num(f['head_entries_downloaded'])} over the images that arrived.</p>"
+            "<table><tr><th>entry</th><th>texts matched</th><th>images arrived</th><th>kept</th></tr>"
+            f"{body}</table>")
+
+
 def _card(k: str, v: str) -> str:
     return f"<div class='card'><div class='v'>{v}</div><div class='k'>{_e(k)}</div></div>"
 
@@ -666,6 +699,7 @@ def render_html(data: RunData, summary: dict[str, Any], plots: list[tuple[str, s
 <h2>Plots</h2>{figs}
 <h2>Per-source breakdown</h2>{_sources_html(summary['sources'])}
 <h2>Top-{len(summary['top_head'])} head entries</h2>{_top_html(summary['top_head'])}
+{_after_download_html(data.after_download)}
 <h2>Stage summaries</h2>{''.join(blocks)}
 </main></body></html>
 """

@@ -51,6 +51,13 @@ class BalanceConfig:
     sweep_points: int = setting(40, "number of t values in the kept-fraction-vs-t sweep (report plot)", minimum=1)
     mode: str = setting("metaclip", "'metaclip' (p = min(1, t/count)) or 'random' (a uniform subset of "
                                     "target_size matched rows: the control arm)", choices=("metaclip", "random"))
+    after: str = setting("match", "when the draw happens: 'match' (here, on the matched pool, MetaCLIP 1's "
+                                  "order) or 'download' (this stage passes every matched row on; the shard "
+                                  "stage counts over the images that downloaded and survived dedup, then draws: "
+                                  "failed downloads do not skew the balance)", choices=("match", "download"))
+    online: bool = setting(False, "write every (downloaded, deduped) matched row to the shards with its p_keep "
+                                  "instead of drawing once: `metacurate train --online-balance` then draws a "
+                                  "fresh balanced subset every epoch, u(seed, epoch, uid) < p_keep")
 
     def validate(self) -> None:
         if self.target_size is not None:
@@ -59,6 +66,9 @@ class BalanceConfig:
             raise SettingError("t", "or `balance.target_size` must be set")
         if self.t is not None and not self.t > 0:
             raise SettingError("t", f"must be > 0, got {self.t}")
+        if self.mode == "random" and (self.after != "match" or self.online):
+            raise SettingError("mode", "'random' is the control arm of a balance drawn once after matching: "
+                                       "it goes with `after: match` and `online: false`")
         if self.mode == "random" and self.target_size is None:
             raise SettingError("mode", "'random' needs `balance.target_size` (the number of rows to keep)")
 
@@ -73,6 +83,9 @@ class BalanceStage(Stage):
 
     def run(self, ctx: StageContext, out: StageDir) -> dict:
         s: BalanceConfig = ctx.settings(self)
+        if s.after == "download" or s.online:
+            log.info("balance: every matched row goes on with its p_keep (the draw is %s)",
+                     "per epoch, in training" if s.online and s.after == "match" else "in the shard stage")
         match_summary = ctx.upstream_summary(match.MatchStage)
         n_entries = int(match_summary["n_entries"])
         counts = count.load_counts(ctx.dir(count.CountStage), n_entries)
@@ -98,6 +111,7 @@ class BalanceStage(Stage):
         ts = sorted(set(np.unique(np.geomspace(1, max(max_count, 2), s.sweep_points).round()).tolist()) | {float(t)})
         units = [{"unit": match._unit_of(f), "path": f} for f in files]
         task_ctx = {"settings": asdict(s), "storage": ctx.storage, "out": out.url, "rejects": out.rejects_url,
+                    "draw": s.after == "match" and not s.online,
                     "p_bc": p_bc, "counts_bc": counts_bc, "ts": ts, "uniform_p": uniform_p}
         t0 = time.perf_counter()
         results = run_units(ctx, out, units, _balance_unit, task_ctx, self.name)
@@ -111,6 +125,7 @@ class BalanceStage(Stage):
                                             "kept": pa.array(kept_counts[nz], pa.int64())}), out.path(KEPT_COUNTS))
         matched = counts > 0
         return {**total, "t": t, "target_size": s.target_size, "seed": s.seed, "mode": s.mode,
+                "after": s.after, "online": s.online,
                 "pool": match_summary["in"], "matched": total["in"],
                 "expected_kept": float(sum(r["expected_kept"] for r in results)), "kept": total["out"],
                 "head_entries": int((counts > t).sum()), "tail_entries": int((matched & (counts <= t)).sum()),
@@ -166,7 +181,7 @@ def _balance_unit(unit: dict, task_ctx: dict) -> dict:
         pk = balancing.p_keep_csr(offsets, flat, prob)
     uid_col = table.column("uid").combine_chunks()
     u = balancing.uniform_from_uid_array(s.seed, uid_col)
-    keep = u < pk
+    keep = u < pk if task_ctx.get("draw", True) else np.ones(len(pk), dtype=bool)
     clock.lap("draw")
     kept = table.filter(pa.array(keep)).append_column("p_keep", pa.array(pk[keep], pa.float64()))
     drop = np.flatnonzero(~keep)

@@ -12,12 +12,16 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
+import pyarrow as pa
+
+from curation import balancing
 from curation.phash import hash_to_hex
 from curation.rundir import StageDir, parquet_rows, reject_rows
 from curation.settings import setting
 from curation.shards import read_tar_samples, sanitize_key, write_shards
 from curation.storage import relative
-from jobs.stages import dedup, download, metadata
+from jobs.stages import balance, count, dedup, download, match, metadata
 from jobs.stages.base import Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,13 @@ class ShardStage(Stage):
         for tar, key, ph, st in zip(*(hashes.column(c).to_pylist() for c in ("tar", "key", "phash", "status"))):
             by_tar.setdefault(tar, {})[key] = (ph, st)
         rejects: list[dict] = []
+        bal = ctx.settings(balance.BalanceStage)
+        late = None  # uid -> (p_keep, kept) when the balance is drawn here, over the images that arrived
+        extra: dict[str, Any] = {}
+        if bal.after == "download":
+            survivors = {u for u, st in zip(hashes.column("uid").to_pylist(), hashes.column("status").to_pylist())
+                         if st == "ok" and u not in overlapping}
+            late, extra = balance_survivors(ctx, bal, survivors, out)
 
         def samples() -> Iterator[dict[str, Any]]:
             for tar in download.tar_files(ctx.dir(download.DownloadStage)):
@@ -78,6 +89,12 @@ class ShardStage(Stage):
                         continue
                     ids = [int(x) for x in (meta_json.get("entry_ids") or [])]
                     p_keep = meta_json.get("p_keep")
+                    if late is not None:
+                        p_keep, kept, u = late.get(uid, (0.0, False, 1.0))
+                        if not kept:
+                            rejects.append({"uid": uid, "stage": self.name, "reason": "balanced_out",
+                                            "detail": f"p_keep={p_keep!r} u={u!r} (balanced after download)"})
+                            continue
                     yield {"key": sanitize_key(uid), "jpg": smp["jpg"],
                            "txt": meta_json.get("caption") or smp.get("txt", b"").decode("utf-8", "replace"),
                            "json": {"uid": uid, "url": meta_json.get("url"), "entry_ids": ids,
@@ -89,7 +106,7 @@ class ShardStage(Stage):
         return {"in": result.samples + len(rejects), "out": result.samples,
                 "rejected": dict(Counter(r["reason"] for r in rejects)),
                 "shards": len(result.shards), "shards_written": len(result.written),
-                "shards_skipped": len(result.skipped), "samples_per_shard": s.samples_per_shard}
+                "shards_skipped": len(result.skipped), "samples_per_shard": s.samples_per_shard, **extra}
 
 
     def output_rows(self, ctx: StageContext, out: StageDir) -> int:
@@ -97,6 +114,47 @@ class ShardStage(Stage):
 
 
 STAGE = ShardStage()
+
+AFTER_DOWNLOAD = "_stats/after_download.parquet"
+
+
+def balance_survivors(ctx: StageContext, bal: Any, survivors: set[str], out: StageDir
+                      ) -> tuple[dict[str, tuple[float, bool, float]], dict]:
+    """``balance.after: download``: counts over the images that downloaded and survived dedup,
+    p = min(1, t / count), the same per-uid draw (all kept when ``online``). Returns
+    ``uid -> (p_keep, kept, u)`` and the summary figures; writes ``_stats/after_download.parquet``
+    (entry_id, count before download, count after, kept) for the report."""
+    storage = ctx.storage
+    n_entries = int(ctx.upstream_summary(match.MatchStage)["n_entries"])
+    rows = storage.read_parquet(ctx.dir(download.DownloadStage).path(download.INPUT), ["uid", "entry_ids"])
+    mask = pa.array([u in survivors for u in rows.column("uid").to_pylist()])
+    rows = rows.filter(mask)
+    offsets, flat = count.csr(rows.column("entry_ids"))
+    after = balancing.entry_counts(flat, n_entries)
+    before = count.load_counts(ctx.dir(count.CountStage), n_entries)
+    t = bal.t
+    if t is None:
+        t = float(balancing.solve_t(lambda ts: balancing.expected_kept_for_ts(offsets, flat, after, ts),
+                                    bal.target_size, int(after.max()) if after.size else 1))
+    pk = balancing.p_keep_csr(offsets, flat, balancing.entry_probabilities(after, t))
+    uids = rows.column("uid").combine_chunks()
+    u = balancing.uniform_from_uid_array(bal.seed, uids)
+    keep = np.ones(len(pk), bool) if bal.online else u < pk
+    kept_counts = np.bincount(flat[np.repeat(keep, np.diff(offsets))], minlength=n_entries) if flat.size else \
+        np.zeros(n_entries, np.int64)
+    nz = np.flatnonzero((before > 0) | (after > 0))
+    storage.write_parquet(pa.table({"entry_id": pa.array(nz.astype(np.int32)),
+                                    "count_matched": pa.array(before[nz], pa.int64()),
+                                    "count_downloaded": pa.array(after[nz], pa.int64()),
+                                    "kept": pa.array(kept_counts[nz].astype(np.int64), pa.int64())}),
+                          out.path(AFTER_DOWNLOAD))
+    plan = {uid: (float(p), bool(k), float(x)) for uid, p, k, x in zip(uids.to_pylist(), pk, keep, u)}
+    figures = {"balance_after_download": {
+        "t": t, "online": bal.online, "survivors": len(plan), "kept": int(keep.sum()),
+        "expected_kept": float(pk.sum()), "head_entries_matched": int((before > t).sum()),
+        "head_entries_downloaded": int((after > t).sum())}}
+    log.info("shard: balanced after download at t=%s: %d of %d surviving images kept", t, int(keep.sum()), len(plan))
+    return plan, figures
 
 
 def manifest_url(d: StageDir) -> str:
