@@ -267,5 +267,3 @@ def balance(df, counts: Any, *, t: float | None = None, target_size: int | None 
     schema = StructType(list(df.schema.fields) + [StructField("p_keep", DoubleType(), True)])
     return df.mapInArrow(_balance_batches(task), schema)
 
-
-__all__ = ["match", "entry_counts", "counts_array", "balance"]

@@ -164,7 +164,8 @@ def curate_run(world: dict, run_dir: str, *, t: float | None, seed: int, master:
     with open(config_path, "w") as f:
         f.write(f"run_dir: {run_dir}\npool: {{path: {world['pool']}, rows_per_unit: 1000}}\n"
                 f"metadata: {{path: {world['metadata']}}}\nbalance: {balance}\n"
-                f"download: {{image_size: 64, processes: 2, threads: 8, timeout: 5}}\n"
+                # the miniature web is served on 127.0.0.1, which the download stage refuses by default
+                f"download: {{image_size: 64, processes: 2, threads: 8, timeout: 5, allow_loopback: true}}\n"
                 f"dedup: {{evalsets: {world['evalsets']}, k: 8}}\n"
                 f"shard: {{samples_per_shard: 250}}\nspark: {{master: '{master}'}}\n")
     _cli("run", "--config", config_path)

@@ -126,7 +126,11 @@ def balance_survivors(ctx: StageContext, bal: Any, survivors: set[str], out: Sta
     (entry_id, count before download, count after, kept) for the report."""
     storage = ctx.storage
     n_entries = int(ctx.upstream_summary(match.MatchStage)["n_entries"])
-    rows = storage.read_parquet(ctx.dir(download.DownloadStage).path(download.INPUT), ["uid", "entry_ids"])
+    inputs = ctx.dir(download.DownloadStage).path(download.INPUT)
+    if storage.exists(inputs) and storage.list_files(inputs, ".parquet"):
+        rows = storage.read_parquet(inputs, ["uid", "entry_ids"])
+    else:  # every URL was refused: nothing arrived
+        rows = pa.table({"uid": pa.array([], pa.string()), "entry_ids": pa.array([], pa.list_(pa.int32()))})
     mask = pa.array([u in survivors for u in rows.column("uid").to_pylist()])
     rows = rows.filter(mask)
     offsets, flat = count.csr(rows.column("entry_ids"))

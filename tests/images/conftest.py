@@ -55,22 +55,31 @@ def natural():
     return natural_image
 
 
-class _Server:
-    """Serves ``routes[path] = (status, body, delay_s)``; routes may change during the test."""
+class Server:
+    """Serves ``routes[path] = (status, body, delay_s[, headers])``; routes may change during the
+    test. ``hits`` lists the paths requested (to show that a refused URL was never fetched);
+    ``host`` is a loopback address (127.0.0.2 stands in for a public host in the guard tests)."""
 
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, bytes, float]] = {}
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        if not host.startswith("127."):
+            raise ValueError(f"test servers bind to loopback only, not {host!r}")
+        self.routes: dict[str, tuple] = {}
+        self.hits: list[str] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
-                status, body, delay = server.routes.get(self.path, (404, b"not found", 0.0))
+                server.hits.append(self.path)
+                status, body, delay, *more = server.routes.get(self.path, (404, b"not found", 0.0))
+                headers = more[0] if more else {}
                 if delay:
                     time.sleep(delay)
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/octet-stream")
                     self.send_header("Content-Length", str(len(body)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
@@ -79,9 +88,9 @@ class _Server:
             def log_message(self, *args):  # quiet
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.base = f"http://{host}:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -95,6 +104,6 @@ class _Server:
 
 @pytest.fixture(scope="session")
 def http_server():
-    srv = _Server()
+    srv = Server()
     yield srv
     srv.close()

@@ -46,8 +46,8 @@ def run(tmp_path_factory, http_server, natural, huge_png_header):
     expect["/corrupt.jpg"] = "decode_error"
     routes["/empty.jpg"] = (200, b"", 0.0)
     expect["/empty.jpg"] = "decode_error"
-    routes["/huge.png"] = (200, huge_png_header(), 0.0)
-    expect["/huge.png"] = "decode_error"
+    routes["/huge.png"] = (200, huge_png_header(), 0.0)  # refused from its header, before decoding
+    expect["/huge.png"] = "too_large"
     routes["/tiny.jpg"] = (200, _jpeg(natural(rng, 12, 12)), 0.0)
     expect["/tiny.jpg"] = "too_small"
     http_server.routes.update(routes)
@@ -83,7 +83,8 @@ def _config(root, **values):
 
     base = {"run_dir": str(root), "download.image_size": 96, "download.resize_mode": "center_crop",
             "download.processes": 1, "download.threads": 8, "download.timeout": 2, "download.min_image_size": 32,
-            "download.samples_per_shard": 8, "dedup.k": 8, "shard.samples_per_shard": 5}
+            "download.samples_per_shard": 8, "download.allow_loopback": True,  # the test server is on 127.0.0.1
+            "dedup.k": 8, "shard.samples_per_shard": 5}
     return load_config(None, values={**base, **values})
 
 

@@ -39,7 +39,8 @@ def moto_opts(moto_endpoint, monkeypatch):
     cfg = load_config(None, ["run_dir=s3://imgs3/run", f"storage.endpoint_url={moto_endpoint}",
                              "storage.key=testing", "storage.secret=testing", "download.image_size=64",
                              "download.processes=1", "download.threads=4", "download.timeout=3",
-                             "download.samples_per_shard=4", "dedup.k=8", "shard.samples_per_shard=3"])
+                             "download.samples_per_shard=4", "download.allow_loopback=true", "dedup.k=8",
+                             "shard.samples_per_shard=3"])
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **cfg.storage.storage().options)
