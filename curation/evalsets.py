@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.errors import InputError
-from curation.phash import phash_bytes_batch
+from curation.phash import colour_signatures_bytes, phash_bytes_batch
 from curation.shards import read_tar_samples
 from curation.storage import Storage, absolute, join
 
@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 EVAL_SCHEMA = pa.schema([("dataset", pa.string()), ("key", pa.string()), ("phash", pa.uint64()),
-                         ("source", pa.string())])
+                         ("source", pa.string()), ("colour", pa.binary())])
+#: The columns every eval hash file has; ``colour`` (the second check's signature) came later.
+REQUIRED = ("dataset", "key", "phash", "source")
 #: One row per sample of a tar: ``tar`` is the name the caller gives (relative to the run).
 HASH_SCHEMA = pa.schema([("uid", pa.string()), ("tar", pa.string()), ("key", pa.string()),
                          ("phash", pa.uint64()), ("status", pa.string()), ("detail", pa.string())])
@@ -80,13 +82,16 @@ def hash_evalset(name: str, images: str, out_dir: str, storage: Storage, *, phas
     keys: list[str] = []
     hashes: list[int] = []
     sources: list[str] = []
+    colours: list[bytes] = []
     failed = 0
     buf: list[tuple[str, bytes, str]] = []
 
     def flush() -> None:
         nonlocal failed
-        hs, errs = phash_bytes_batch([b for _, b, _ in buf], mode=phash_mode)
-        for (k, _, src), h, e in zip(buf, hs, errs):
+        datas = [b for _, b, _ in buf]
+        hs, errs = phash_bytes_batch(datas, mode=phash_mode)
+        sigs, _ = colour_signatures_bytes(datas)
+        for (k, _, src), h, e, sig in zip(buf, hs, errs, sigs):
             if e is not None:
                 failed += 1
                 log.warning("eval set %s: %s skipped (%s)", name, k, e)
@@ -94,6 +99,7 @@ def hash_evalset(name: str, images: str, out_dir: str, storage: Storage, *, phas
             keys.append(k)
             hashes.append(int(h))
             sources.append(src)
+            colours.append(sig.tobytes())
         buf.clear()
 
     for item in tqdm(iter_images(images, storage), desc=f"hashing {name}", unit="img", disable=None):
@@ -104,7 +110,7 @@ def hash_evalset(name: str, images: str, out_dir: str, storage: Storage, *, phas
     if not keys:
         raise InputError(f"{images}: no decodable images found for eval set {name!r}")
     table = pa.table({"dataset": [name] * len(keys), "key": keys, "phash": pa.array(hashes, pa.uint64()),
-                      "source": sources}, schema=EVAL_SCHEMA)
+                      "source": sources, "colour": pa.array(colours, pa.binary())}, schema=EVAL_SCHEMA)
     target = join(out_dir, f"{name}.parquet")
     storage.write_parquet(table, target)
     meta_url = join(out_dir, EVALSETS_META)
@@ -130,19 +136,26 @@ def load_eval_hashes(evalsets: str, storage: Storage) -> pa.Table:
     tables = []
     for f in eval_hash_files(evalsets, storage):
         t = storage.read_parquet(f)
-        missing = [c for c in EVAL_SCHEMA.names if c not in t.column_names]
+        missing = [c for c in REQUIRED if c not in t.column_names]
         if missing:
             raise InputError(f"{f} lacks column(s) {missing}; it is not an eval hash file "
                              "(`metacurate evalsets hash` writes them)")
+        if "colour" not in t.column_names:  # hashed before the colour check existed: pHash only
+            log.warning("%s has no colour signatures: its pairs are not double-checked (hash it again)", f)
+            t = t.append_column("colour", pa.nulls(len(t), pa.binary()))
         tables.append(t.select(EVAL_SCHEMA.names).cast(EVAL_SCHEMA))
     return pa.concat_tables(tables)
 
 
-def hash_tar(tar: str, storage: Storage, phash_mode: str = "exact", name: str | None = None) -> pa.Table:
+def hash_tar(tar: str, storage: Storage, phash_mode: str = "exact", name: str | None = None,
+             images: list[bytes] | None = None) -> pa.Table:
     """pHash of every sample of one tar: rows ``HASH_SCHEMA``; ``tar`` holds ``name`` (default the
-    URL), the uid comes from the sample's json (else its key)."""
+    URL), the uid comes from the sample's json (else its key). ``images``, when given, receives
+    each row's encoded image (for a second look at a few of them without reading the tar again)."""
     samples = list(read_tar_samples(tar, storage))
     datas = [s[ext] if (ext := _image_member(s)) else b"" for s in samples]
+    if images is not None:
+        images.extend(datas)
     hashes, errors = phash_bytes_batch(datas, mode=phash_mode)
     rows: dict[str, list] = {f.name: [] for f in HASH_SCHEMA}
     for s, h, err in zip(samples, hashes, errors):

@@ -424,3 +424,47 @@ def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
     """Bitwise Hamming distance between uint64 hashes (broadcasting)."""
     x = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))
     return np.bitwise_count(x).astype(np.int64)
+
+
+# --- the second check -----------------------------------------------------------------------------
+#: Side of the colour thumbnail: 8x8 RGB cells, each the mean colour of its region.
+COLOUR_SIDE = 8
+COLOUR_BYTES = COLOUR_SIDE * COLOUR_SIDE * 3
+
+
+def colour_signature(img: Image.Image) -> np.ndarray:
+    """The image as an 8x8 grid of mean RGB colours (``uint8[192]``).
+
+    Why a second signature: pHash sees only luminance structure, so two low-detail images with
+    the same layout (a ring, a digit) collide at small Hamming distances even when one is red and
+    the other blue. A copy that was resized and re-encoded keeps its colours cell by cell; an
+    image that merely shares a layout does not. Area averaging (``BOX``) makes the grid robust to
+    resampling and JPEG noise."""
+    if img.format == "JPEG":
+        img.draft("RGB", (COLOUR_SIDE * 4, COLOUR_SIDE * 4))  # decode at a reduced scale: 8x8 needs no more
+    rgb = img.convert("RGB")
+    return np.asarray(rgb.resize((COLOUR_SIDE, COLOUR_SIDE), Image.BOX), dtype=np.uint8).reshape(-1)
+
+
+def colour_signatures_bytes(datas: Sequence[bytes], max_pixels: int = DEFAULT_MAX_PIXELS
+                            ) -> tuple[np.ndarray, list[ImageDecodeError | None]]:
+    """``colour_signature`` of many encoded images: ``(uint8[N, 192], errors)``; a failed image
+    has zeros and its error, like :func:`phash_bytes_batch`."""
+    out = np.zeros((len(datas), COLOUR_BYTES), dtype=np.uint8)
+    errors: list[ImageDecodeError | None] = [None] * len(datas)
+    for i, data in enumerate(datas):
+        try:
+            with open_image(data, max_pixels) as img:
+                out[i] = colour_signature(img)
+        except ImageDecodeError as exc:
+            errors[i] = exc
+        except Exception as exc:  # truncated data surfaces only when pixels are read
+            errors[i] = ImageDecodeError("corrupt_image", f"{type(exc).__name__}: {exc}")
+    return out, errors
+
+
+def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean absolute difference per channel value (0..255) between colour signatures, row-wise."""
+    a = np.asarray(a, dtype=np.int16).reshape(-1, COLOUR_BYTES)
+    b = np.asarray(b, dtype=np.int16).reshape(-1, COLOUR_BYTES)
+    return np.abs(a - b).mean(axis=1)

@@ -11,12 +11,10 @@ phash:uint64, source (``file:PATH`` / ``tar:URL#MEMBER`` / ``parquet:URL#ROW``).
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import logging
 import tarfile
-from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -88,33 +86,65 @@ def _thumb_b64(data: bytes | None, size: int = 128) -> str:
         return ""
 
 
-def _sweep_plot(ks: list[int], counts: list[int], k: int) -> bytes:
+def _sweep_plot(ks: list[int], counts: list[int], k: int, confirmed: int | None) -> bytes:
     """The k-sweep plot as PNG bytes (written by the caller through the run's storage)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(ks, counts, marker="o")
-    ax.axvline(k, color="red", linestyle="--", label=f"configured k = {k}")
+    fig = Figure(figsize=(6.4, 3.6), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    ax.plot(ks, counts, marker="o", color="#4C72B0", label="pHash within k")
+    if confirmed is not None:
+        ax.scatter([k], [confirmed], color="#1a7f37", zorder=3, s=50, label=f"confirmed by the colour check at k = {k}")
+    ax.axvline(k, color="#C44E52", linestyle="--", label=f"configured k = {k}")
     ax.set_xlabel("Hamming distance threshold k")
     ax.set_ylabel("pool images with an eval near-duplicate")
-    ax.set_title("Overlap vs k (pHash)")
-    ax.legend()
-    fig.tight_layout()
+    ax.set_ylim(0, max([1, *counts]) * 1.1)
+    ax.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
+    fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
+def _pool_images(wanted: set[tuple[str, str]], storage: Storage) -> dict[tuple[str, str], bytes]:
+    """Image bytes of ``(tar, key)`` samples, reading each tar once."""
+    by_tar: dict[str, set[str]] = {}
+    for tar, key in wanted:
+        by_tar.setdefault(tar, set()).add(key)
+    found: dict[tuple[str, str], bytes] = {}
+    for tar, keys in by_tar.items():
+        try:
+            with storage.open(tar, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tf:
+                for m in tf:
+                    base = m.name.rsplit("/", 1)[-1]
+                    key, _, ext = base.partition(".")
+                    if key in keys and ext.lower() in ("jpg", "jpeg", "png", "webp"):
+                        found[(tar, key)] = tf.extractfile(m).read()  # type: ignore[union-attr]
+        except Exception as exc:  # the audit must not die on one unreadable tar
+            log.warning("audit: cannot read %s: %s", tar, exc)
+    return found
+
+
+def _truth_figures(found: set[str], truth: set[str]) -> dict[str, Any]:
+    tp = len(found & truth)
+    return {"known_copies": len(truth), "found": len(found), "true_positives": tp,
+            "precision": tp / len(found) if found else None, "recall": tp / len(truth) if truth else None}
+
+
 def write_audit(out_dir: str, pool: pa.Table, evals: pa.Table, storage: Storage, *, k: int = 8,
-                phash_mode: str = "exact", max_pairs: int = 60, title: str = "metacurate overlap audit",
-                base: str | None = None) -> dict[str, Any]:
+                phash_mode: str = "exact", max_colour_distance: float | None = None, max_pairs: int = 60,
+                title: str = "Overlap audit", base: str | None = None,
+                truth: set[str] | None = None) -> dict[str, Any]:
     """Write ``out_dir/index.html`` + ``k_sweep.png`` + ``audit.json``; return the summary dict.
 
-    Every read (thumbnails from tars / eval sources) and write goes through ``storage``; ``tar``
-    paths in ``pool`` are relative to ``base`` when it is given (a run directory)."""
+    Every pHash pair within ``k`` is listed; with ``max_colour_distance`` each pair is checked a
+    second time (the two images' 8x8 colour grids, as the dedup stage does) and only confirmed
+    pairs count as overlap. ``truth``: pool uids known to be copies (the quickstart plants some):
+    the page then states precision and recall of both rules. ``tar`` paths in ``pool`` are
+    relative to ``base`` when given (a run directory). Every read and write goes through ``storage``."""
+    from curation.phash import colour_distance, colour_signatures_bytes
+
     out_dir = out_dir.rstrip("/")
     storage.makedirs(out_dir)
     ph = pool.column("phash").to_numpy().astype(np.uint64) if len(pool) else np.zeros(0, np.uint64)
@@ -122,54 +152,108 @@ def write_audit(out_dir: str, pool: pa.Table, evals: pa.Table, storage: Storage,
     ks, counts, (q, e, d) = k_sweep(ph, eh)
     at_k = d <= k
     q, e, d = q[at_k], e[at_k], d[at_k]
-    ds = evals.column("dataset").to_pylist()
+    uids, tars, keys = (pool.column(c).to_pylist() for c in ("uid", "tar", "key"))
+    ds, ekeys, srcs = (evals.column(c).to_pylist() for c in ("dataset", "key", "source"))
+    ecolour = evals.column("colour").to_pylist() if "colour" in evals.column_names else [None] * len(evals)
+
+    def tar_url(i: int) -> str:
+        t = tars[i]
+        return join(base, t) if base and t and "://" not in t and not t.startswith("/") else t
+
+    images = _pool_images({(tar_url(int(i)), keys[int(i)]) for i in set(q.tolist())}, storage)
+    colour = np.full(len(q), np.nan)
+    if max_colour_distance is not None:
+        for n, (i, j) in enumerate(zip(q.tolist(), e.tolist())):
+            data, sig = images.get((tar_url(i), keys[i])), ecolour[j]
+            if data is not None and sig is not None:
+                a, errs = colour_signatures_bytes([data])
+                if errs[0] is None:
+                    colour[n] = float(colour_distance(a, np.frombuffer(sig, dtype=np.uint8))[0])
+    confirmed = np.isnan(colour) | (colour <= max_colour_distance) if max_colour_distance is not None \
+        else np.ones(len(q), bool)
     datasets = sorted(set(ds))
-    pairs_per_set = Counter(ds[j] for j in e)
-    pool_per_set = {name: len({int(i) for i, j in zip(q, e) if ds[j] == name}) for name in datasets}
-    evals_per_set = Counter(ds)
+    found_all = {uids[int(i)] for i in q}
+    found_confirmed = {uids[int(i)] for i, c in zip(q, confirmed) if c}
     summary = {
-        "k": k, "phash_mode": phash_mode, "pool_images": len(pool), "eval_images": len(evals),
-        "overlapping_pool_images": int(len(set(q.tolist()))), "pairs": int(len(q)),
-        "per_dataset": {n: {"eval_images": evals_per_set[n], "pairs": pairs_per_set.get(n, 0),
-                            "pool_images": pool_per_set[n]} for n in datasets},
+        "k": k, "phash_mode": phash_mode, "max_colour_distance": max_colour_distance,
+        "pool_images": len(pool), "eval_images": len(evals),
+        "overlapping_pool_images": len(found_confirmed), "pairs": int(confirmed.sum()),
+        "phash_pairs": int(len(q)), "phash_pool_images": len(found_all),
+        "per_dataset": {n: {"eval_images": ds.count(n),
+                            "pairs": int(sum(1 for j, c in zip(e, confirmed) if c and ds[j] == n)),
+                            "pool_images": len({int(i) for i, j, c in zip(q, e, confirmed) if c and ds[j] == n}),
+                            "phash_pairs": int(sum(1 for j in e if ds[j] == n))} for n in datasets},
         "k_sweep": {"k": ks, "overlapping_pool_images": counts},
     }
-    storage.write_bytes(join(out_dir, "k_sweep.png"), _sweep_plot(ks, counts, k))
-    uids, tars, keys = (pool.column(c).to_pylist() for c in ("uid", "tar", "key"))
-    ekeys, srcs = evals.column("key").to_pylist(), evals.column("source").to_pylist()
+    if truth is not None:
+        summary["truth"] = {"phash": _truth_figures(found_all, truth),
+                            "confirmed": _truth_figures(found_confirmed, truth)}
+    storage.write_bytes(join(out_dir, "k_sweep.png"),
+                        _sweep_plot(ks, counts, k, len(found_confirmed) if max_colour_distance is not None else None))
+    storage.write_bytes(join(out_dir, "audit.json"), json.dumps(summary, indent=1).encode())
+    storage.write_bytes(join(out_dir, "index.html"),
+                        _audit_page(summary, q, e, d, colour, confirmed, uids, keys, ds, ekeys, srcs, images,
+                                    tar_url, storage, max_pairs, title).encode("utf-8"))
+    log.info("audit: %d pool images overlap eval sets at k=%d (%d pHash pairs, %d confirmed) -> %s/index.html",
+             summary["overlapping_pool_images"], k, len(q), summary["pairs"], out_dir)
+    return summary
+
+
+def _audit_page(summary, q, e, d, colour, confirmed, uids, keys, ds, ekeys, srcs, images, tar_url, storage,
+                max_pairs: int, title: str) -> str:
+    from curation import pages
+
+    k, mcd = summary["k"], summary["max_colour_distance"]
+    rule = (f"a pool image counts as a copy when its pHash is within Hamming distance <b>{k}</b> of an eval "
+            f"image's" + (f" and the two images' 8x8 colour grids differ by at most <b>{pages.num(mcd)}</b> "
+                          "(mean over channels, 0-255): pHash sees only brightness, so same-layout images of "
+                          "other colours would collide" if mcd is not None else "") + ".")
+    cards = [pages.card("pool images", pages.num(summary["pool_images"])),
+             pages.card("eval images", pages.num(summary["eval_images"])),
+             pages.card("pool images overlapping", f"<span id='overlap-total'>"
+                                                   f"{pages.num(summary['overlapping_pool_images'])}</span>"),
+             pages.card(f"pHash pairs within k = {k}", pages.num(summary["phash_pairs"]))]
+    if mcd is not None:
+        cards.append(pages.card("confirmed by colour", pages.num(summary["pairs"])))
+    truth = ""
+    if "truth" in summary:
+        t = summary["truth"]
+        truth = "<h2>Against the known copies</h2>" + pages.table(
+            ["rule", "known copies", "flagged", "of them copies", "precision", "recall"],
+            [[name, t[key]["known_copies"], t[key]["found"], t[key]["true_positives"],
+              pages.pct(t[key]["precision"]), pages.pct(t[key]["recall"])]
+             for name, key in (("pHash only", "phash"), ("pHash + colour check", "confirmed"))],
+            numeric=[False, True, True, True, False, False])
+    per_set = pages.table(
+        ["eval set", "eval images", "pool images overlapping", "confirmed pairs", "pHash pairs"],
+        [[n, v["eval_images"], v["pool_images"], v["pairs"], v["phash_pairs"]] for n, v in summary["per_dataset"].items()],
+        numeric=[False, True, True, True, True], element_id="per-dataset", empty="No evaluation images.")
+    sweep = pages.table(["k", *[str(x) for x in summary["k_sweep"]["k"]]],
+                        [["pool images (pHash)", *summary["k_sweep"]["overlapping_pool_images"]]],
+                        numeric=[False] + [True] * len(summary["k_sweep"]["k"]))
     order = np.lexsort((e, q, d))[:max_pairs]
-    rows_html = []
+    rows = []
     for n in order:
         i, j = int(q[n]), int(e[n])
-        tar = join(base, tars[i]) if base and tars[i] and "://" not in tars[i] and not tars[i].startswith("/") \
-            else tars[i]
-        left = _thumb_b64(_read_member(tar, keys[i], storage) if tar else None)
+        left = _thumb_b64(images.get((tar_url(i), keys[i])))
         right = _thumb_b64(_load_source(srcs[j], storage) if srcs[j] else None)
-        rows_html.append(
-            f"<tr><td><img src='{left}' alt='pool'><br>{html.escape(str(uids[i]))}</td>"
-            f"<td><img src='{right}' alt='eval'><br>{html.escape(ds[j])} / {html.escape(str(ekeys[j]))}</td>"
-            f"<td>{int(d[n])}</td></tr>")
-    table_rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{v['eval_images']}</td><td>{v['pool_images']}</td><td>{v['pairs']}</td></tr>"
-        for n, v in summary["per_dataset"].items())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}}</style>
-</head><body><h1>{html.escape(title)}</h1>
-<p>pHash path: <b>{html.escape(phash_mode)}</b> ({'bit-exact with imagehash.phash' if phash_mode == 'exact' else 'fast draft-mode decode, approximate'});
-threshold k = <b>{k}</b>; pool images: {len(pool)}; eval images: {len(evals)};
-pool images with an eval near-duplicate: <b id="overlap-total">{summary['overlapping_pool_images']}</b> ({len(q)} pairs).</p>
-<h2>Overlap per evaluation set (k = {k})</h2>
-<table id="per-dataset"><tr><th>eval set</th><th>eval images</th><th>pool images overlapping</th><th>pairs</th></tr>{table_rows}</table>
-<h2>Sweep over k</h2><img src="k_sweep.png" alt="k sweep">
-<table><tr><th>k</th>{''.join(f'<td>{x}</td>' for x in ks)}</tr><tr><th>overlaps</th>{''.join(f'<td>{c}</td>' for c in counts)}</tr></table>
-<h2>Found pairs (closest first, at most {max_pairs})</h2>
-<table id="pairs"><tr><th>pool image</th><th>eval image</th><th>Hamming</th></tr>{''.join(rows_html)}</table>
-</body></html>"""
-    storage.write_bytes(join(out_dir, "audit.json"), json.dumps(summary, indent=1).encode())
-    storage.write_bytes(join(out_dir, "index.html"), page.encode("utf-8"))
-    log.info("audit: %d pool images overlap eval sets at k=%d -> %s/index.html",
-             summary["overlapping_pool_images"], k, out_dir)
-    return summary
+        verdict = ("<span class='ok'>copy</span>" if confirmed[n] else
+                   "<span class='na'>not a copy (colours differ)</span>")
+        rows.append([f"<img src='{left}' alt='pool image'>{pages.esc(uids[i])}",
+                     f"<img src='{right}' alt='eval image'>{pages.esc(ds[j])} / {pages.esc(ekeys[j])}",
+                     str(int(d[n])), "–" if np.isnan(colour[n]) else f"{colour[n]:.1f}", verdict])
+    pairs = pages.table(["pool image", "eval image", "Hamming", "colour difference", "verdict"], rows,
+                        raw=True, element_id="pairs",
+                        empty=f"No overlaps found: no pool image has an eval image within Hamming distance {k}.")
+    pairs = pairs.replace("<td><img", "<td class='img'><img")
+    body = (f"<p>{rule}</p><div class='cards'>{''.join(cards)}</div>{truth}"
+            f"<h2>Overlap per evaluation set</h2>{per_set}"
+            f"<h2>Sweep over k</h2><figure><img src='k_sweep.png' alt='pool images with an eval near-duplicate "
+            f"for each k'><figcaption>How many pool images have an eval image within each Hamming distance "
+            f"(pHash alone); the dashed line is the configured k.</figcaption></figure>{sweep}"
+            f"<h2>Pairs found (closest first, at most {max_pairs})</h2>{pairs}")
+    mode = "bit-exact with imagehash.phash" if summary["phash_mode"] == "exact" else "fast draft-mode decode"
+    return pages.page(title, f"pHash path: {pages.esc(summary['phash_mode'])} ({mode})", body)
 
 
 def _ok_pool(hashes: pa.Table) -> pa.Table:
@@ -177,17 +261,19 @@ def _ok_pool(hashes: pa.Table) -> pa.Table:
 
 
 def audit_hashes(hashes: str, eval_hashes: str, out_dir: str, storage: Storage, *, k: int = 8,
-                 phash_mode: str = "exact", base: str | None = None) -> dict[str, Any]:
+                 phash_mode: str = "exact", max_colour_distance: float | None = None, base: str | None = None,
+                 truth: set[str] | None = None) -> dict[str, Any]:
     """Audit pool hashes already computed (a folder or file of ``uid, tar, key, phash, status`` rows,
     e.g. a run's dedup hashes) against eval hashes (an eval-hash folder or file)."""
     pool = _ok_pool(storage.read_parquet(hashes))
     return write_audit(out_dir, pool, load_eval_hashes(eval_hashes, storage), storage, k=k,
-                       phash_mode=phash_mode, base=base)
+                       phash_mode=phash_mode, max_colour_distance=max_colour_distance, base=base, truth=truth)
 
 
 def audit_shards(shards: str, evalsets: str, out_dir: str, storage: Storage, *, k: int = 8,
-                 phash_mode: str = "exact") -> dict[str, Any]:
+                 phash_mode: str = "exact", max_colour_distance: float | None = None,
+                 truth: set[str] | None = None) -> dict[str, Any]:
     """Audit any WebDataset shards (e.g. someone else's) against hashed eval sets."""
     tables = [hash_tar(t, storage, phash_mode) for t in storage.expand(shards)]
     return write_audit(out_dir, _ok_pool(pa.concat_tables(tables)), load_eval_hashes(evalsets, storage), storage,
-                       k=k, phash_mode=phash_mode)
+                       k=k, phash_mode=phash_mode, max_colour_distance=max_colour_distance, truth=truth)

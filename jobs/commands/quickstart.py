@@ -76,7 +76,7 @@ def _cli(*argv: str) -> None:
         raise RuntimeError(f"`metacurate {' '.join(argv)}` failed with status {rc}")
 
 
-def _plant_overlaps(web: dict, heldout_dir: str, www: str, base_url: str, n: int, seed: int) -> int:
+def _plant_overlaps(web: dict, heldout_dir: str, www: str, base_url: str, n: int, seed: int) -> list[str]:
     """Copy ``n`` held-out images into the web (resized + re-encoded), as extra pool rows."""
     import tarfile
 
@@ -98,7 +98,7 @@ def _plant_overlaps(web: dict, heldout_dir: str, www: str, base_url: str, n: int
             rows.append((f"{base_url}/planted/{name}", "a photo of the number seven in red"))
     pq.write_table(pa.table({"url": [u for u, _ in rows], "text": [t for _, t in rows]}),
                    os.path.join(web["pool"], "part-planted.parquet"))
-    return len(rows)
+    return [u for u, _ in rows]
 
 
 def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: str, wordnet: str | None,
@@ -140,7 +140,12 @@ def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: st
         heldout = os.path.join(data, "heldout")
         if not os.path.isdir(heldout):
             synthetic.heldout_split(heldout, n=100 if tiny else 300, seed=seed + 1_000_003)
-        planted = _plant_overlaps(web, heldout, os.path.join(www_root, "www"), base_url, 5 if tiny else 12, seed)
+        planted_urls = _plant_overlaps(web, heldout, os.path.join(www_root, "www"), base_url, 5 if tiny else 12, seed)
+        from curation.balancing import uid_from_url
+
+        with open(os.path.join(data, "planted.json"), "w") as f:  # the audit's ground truth
+            json.dump(sorted(uid_from_url(u) for u in planted_urls), f)
+        planted = len(planted_urls)
         print(f"  pool: {pool_size + planted:,} rows ({planted} planted copies of held-out images) at {base_url}")
 
         step("eval sets: hashing scikit-learn digits and the held-out split")
@@ -154,6 +159,7 @@ def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: st
         stop_server()
         raise
     return {"metadata": os.path.join(meta_dir, "metadata.json"), "pool": web["pool"], "heldout": heldout,
+            "planted": os.path.join(data, "planted.json"),
             "evalsets": evalsets, "stop_server": stop_server, "base_url": base_url}
 
 
@@ -226,7 +232,7 @@ def run(args) -> int:
 
     step("report: distribution report and overlap audit")
     _cli("report", run_dir)
-    _cli("audit", run_dir)
+    _cli("audit", run_dir, "--truth", world["planted"])
 
     step(f"train + eval: tiny CLIP, {steps} steps (FLIP masking 0.5, then unmasked tuning); "
          "zero-shot on scikit-learn digits, retrieval on the held-out split")

@@ -2,8 +2,10 @@
 
 One Spark task per downloaded tar hashes its images (pHash, bit-exact with imagehash by default)
 and queries a multi-index Hamming index of the eval hashes, built once per executor process from
-the hash files (read by the task, not shipped). Every pair within ``dedup.k`` is recorded; the
-pool image is rejected as ``eval_overlap``, undecodable images as ``corrupt_image``.
+the hash files (read by the task, not shipped). Every pair within ``dedup.k`` is recorded and then
+checked a second time: pHash sees only luminance, so the two images' 8x8 colour grids must also
+agree (``dedup.max_colour_distance``). A confirmed pair's pool image is rejected as
+``eval_overlap``; undecodable images as ``corrupt_image``.
 
 ``RUN/dedup/`` holds three data folders and a side file:
 
@@ -28,8 +30,9 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from curation.evalsets import EVAL_SCHEMA, eval_hash_files, hash_tar, load_eval_hashes
+from curation.evalsets import eval_hash_files, hash_tar, load_eval_hashes
 from curation.neardup import NearDupIndex
+from curation.phash import colour_distance, colour_signatures_bytes
 from curation.rundir import StageDir, reject_rows
 from curation.settings import setting
 from curation.storage import Storage, join, relative
@@ -45,7 +48,8 @@ PARAMS = "_params.json"
 DEFAULT_EVALSETS = "evalsets"
 OVERLAP_SCHEMA = pa.schema([("uid", pa.string()), ("dataset", pa.string()), ("key", pa.string()),
                             ("hamming", pa.int32()), ("eval_phash", pa.uint64()), ("phash", pa.uint64()),
-                            ("tar", pa.string()), ("pool_key", pa.string())])
+                            ("tar", pa.string()), ("pool_key", pa.string()),
+                            ("colour_distance", pa.float32()), ("confirmed", pa.bool_())])
 
 
 @dataclass
@@ -55,6 +59,10 @@ class DedupConfig:
     k: int = setting(8, "Hamming distance threshold for near-duplicates", minimum=0)
     phash_mode: str = setting("exact", "pHash path: 'exact' (bit-exact imagehash) or 'fast' (draft-mode JPEG "
                                        "decode)", choices=("exact", "fast"))
+    max_colour_distance: float | None = setting(
+        6.0, "second check of every pHash pair: the mean difference (0-255) of the two images' 8x8 colour "
+              "grids must be at most this for the pair to count as a copy (pHash sees only luminance: "
+              "same-layout images of other colours collide); null: pHash alone decides", minimum=0, finite=True)
 
 
 class DedupStage(Stage):
@@ -81,7 +89,8 @@ class DedupStage(Stage):
         load_eval_hashes(snapshot, storage)  # fail early, on the driver, with a clear message
         tars = download.tar_files(ctx.dir(download.DownloadStage))
         task = {"run": ctx.run.url, "evalsets": snapshot, "out": out.url, "rejects": out.rejects_url,
-                "k": s.k, "phash_mode": s.phash_mode, "storage": storage}
+                "k": s.k, "phash_mode": s.phash_mode, "storage": storage,
+                "max_colour_distance": s.max_colour_distance}
         if not tars:
             stats: list[dict] = []
         else:
@@ -95,7 +104,8 @@ class DedupStage(Stage):
 
             with progress(sc, self.name):
                 stats = [json.loads(x) for x in sc.parallelize(tars, len(tars)).mapPartitions(run_part).collect()]
-        storage.write_json(out.path(PARAMS), {"k": s.k, "phash_mode": s.phash_mode})
+        storage.write_json(out.path(PARAMS), {"k": s.k, "phash_mode": s.phash_mode,
+                                              "max_colour_distance": s.max_colour_distance})
         rejected: Counter = Counter()
         pairs: Counter = Counter()
         for st in stats:
@@ -103,14 +113,16 @@ class DedupStage(Stage):
             pairs.update(st["pairs"])
         return {"in": sum(st["in"] for st in stats), "out": sum(st["out"] for st in stats),
                 "rejected": dict(rejected), "k": s.k, "phash_mode": s.phash_mode,
-                "overlap_pairs": sum(pairs.values()), "overlap_by_dataset": dict(sorted(pairs.items()))}
+                "max_colour_distance": s.max_colour_distance,
+                "overlap_pairs": sum(pairs.values()), "overlap_by_dataset": dict(sorted(pairs.items())),
+                "unconfirmed_pairs": sum(st.get("unconfirmed", 0) for st in stats)}
 
 
     def output_rows(self, ctx: StageContext, out: StageDir) -> int:
         """Hashed samples that passed: ``status == ok`` and no eval near-duplicate."""
         hashes = ctx.storage.read_parquet(hashes_url(out), ["uid", "status"]) if ctx.storage.exists(
             hashes_url(out)) else pa.table({"uid": pa.array([], pa.string()), "status": pa.array([], pa.string())})
-        overlapping = set(load_overlap(out, ["uid"]).column("uid").to_pylist())
+        overlapping = confirmed_uids(out)
         return sum(1 for u, st in zip(hashes.column("uid").to_pylist(), hashes.column("status").to_pylist())
                    if st == "ok" and u not in overlapping)
 
@@ -158,7 +170,8 @@ def dedup_tar(tar: str, task: dict) -> dict:
     storage: Storage = task["storage"]
     index, evals = _eval_index(task["evalsets"], task["k"], storage)
     tar_name = relative(tar, task["run"])
-    hashes = hash_tar(tar, storage, task["phash_mode"], name=tar_name)
+    images: list[bytes] = []
+    hashes = hash_tar(tar, storage, task["phash_mode"], name=tar_name, images=images)
     ok = np.array([s == "ok" for s in hashes.column("status").to_pylist()], dtype=bool)
     ph = hashes.column("phash").to_numpy()
     qi, ei, dist = index.query(ph[ok])
@@ -166,10 +179,12 @@ def dedup_tar(tar: str, task: dict) -> dict:
     uids = hashes.column("uid").to_pylist()
     keys = hashes.column("key").to_pylist()
     ds, ek, eph = (evals.column(c).to_pylist() for c in ("dataset", "key", "phash"))
+    colour, confirmed = _second_check(qi, ei, images, evals, task.get("max_colour_distance"))
     overlap = pa.table({
         "uid": [uids[i] for i in qi], "dataset": [ds[j] for j in ei], "key": [ek[j] for j in ei],
         "hamming": pa.array(dist, pa.int32()), "eval_phash": pa.array([eph[j] for j in ei], pa.uint64()),
         "phash": pa.array(ph[qi], pa.uint64()), "tar": [tar_name] * len(qi), "pool_key": [keys[i] for i in qi],
+        "colour_distance": pa.array(colour, pa.float32()), "confirmed": pa.array(confirmed, pa.bool_()),
     }, schema=OVERLAP_SCHEMA)
     rejects = []
     statuses, details = hashes.column("status").to_pylist(), hashes.column("detail").to_pylist()
@@ -177,13 +192,15 @@ def dedup_tar(tar: str, task: dict) -> dict:
         rejects.append({"uid": uids[i], "stage": DedupStage.name, "reason": statuses[i], "detail": details[i]})
     best: dict[int, list[int]] = {}
     for n, q in enumerate(qi):
-        best.setdefault(int(q), []).append(n)
+        if confirmed[n]:
+            best.setdefault(int(q), []).append(n)
     for q, ns in best.items():
         ns.sort(key=lambda n: (dist[n], ds[ei[n]], ek[ei[n]]))
         n0 = ns[0]
         more = f" (+{len(ns) - 1} more)" if len(ns) > 1 else ""
+        check = "" if np.isnan(colour[n0]) else f" colour_distance={colour[n0]:.1f}"
         rejects.append({"uid": uids[q], "stage": DedupStage.name, "reason": "eval_overlap",
-                        "detail": f"dataset={ds[ei[n0]]} key={ek[ei[n0]]} hamming={int(dist[n0])}{more}"})
+                        "detail": f"dataset={ds[ei[n0]]} key={ek[ei[n0]]} hamming={int(dist[n0])}{check}{more}"})
     part = re.sub(r"[^A-Za-z0-9_-]", "_", tar.rsplit("/", 1)[-1].rsplit(".", 1)[0])
     tag = hashlib.sha1(tar_name.encode("utf-8")).hexdigest()[:8]  # same-named tars of other folders apart
     name = f"{part}-{tag}.parquet"
@@ -193,7 +210,35 @@ def dedup_tar(tar: str, task: dict) -> dict:
     storage.write_parquet(reject_rows(rejects), out.rejects(name))
     reasons = Counter(r["reason"] for r in rejects)
     return {"tar": tar_name, "in": len(hashes), "out": len(hashes) - sum(reasons.values()),
-            "rejected": dict(reasons), "pairs": dict(Counter(ds[j] for j in ei))}
+            "rejected": dict(reasons), "pairs": dict(Counter(ds[j] for j, c in zip(ei, confirmed) if c)),
+            "unconfirmed": int(len(confirmed) - int(np.sum(confirmed)))}
+
+
+def _second_check(qi: np.ndarray, ei: np.ndarray, images: list[bytes], evals: pa.Table,
+                  max_distance: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per pHash pair: the colour-grid distance of the two images, and whether the pair counts
+    (distance <= ``max_distance``; pairs whose eval side has no colour signature, or when the
+    check is off, count on pHash alone)."""
+    n = len(qi)
+    colour = np.full(n, np.nan, dtype=np.float32)
+    if max_distance is None or n == 0:
+        return colour, np.ones(n, dtype=bool)
+    eval_sigs = evals.column("colour").to_pylist()
+    pool_rows = sorted(set(int(q) for q in qi))
+    sigs, errors = colour_signatures_bytes([images[r] for r in pool_rows])
+    pool_sig = {r: (None if e is not None else s) for r, s, e in zip(pool_rows, sigs, errors)}
+    for n_, (q, j) in enumerate(zip(qi.tolist(), ei.tolist())):
+        a, b = pool_sig[q], eval_sigs[j]
+        if a is not None and b is not None:
+            colour[n_] = float(colour_distance(a, np.frombuffer(b, dtype=np.uint8))[0])
+    confirmed = np.isnan(colour) | (colour <= max_distance)
+    return colour, confirmed
+
+
+def confirmed_uids(d: StageDir) -> set[str]:
+    """Pool uids with a confirmed eval near-duplicate (the ones the stage rejected)."""
+    t = load_overlap(d, ["uid", "confirmed"])
+    return {u for u, c in zip(t.column("uid").to_pylist(), t.column("confirmed").to_pylist()) if c is not False}
 
 
 def load_overlap(d: StageDir, columns: list[str] | None = None) -> pa.Table:

@@ -53,7 +53,7 @@ class ShardStage(Stage):
         entries = dict(zip(meta.column("entry_id").to_pylist(), meta.column("entry").to_pylist()))
         dd = ctx.dir(dedup.DedupStage)
         hashes = storage.read_parquet(dedup.hashes_url(dd))
-        overlapping = set(dedup.load_overlap(dd, ["uid"]).column("uid").to_pylist())
+        overlapping = dedup.confirmed_uids(dd)
         by_tar: dict[str, dict[str, tuple[int, str]]] = {}
         for tar, key, ph, st in zip(*(hashes.column(c).to_pylist() for c in ("tar", "key", "phash", "status"))):
             by_tar.setdefault(tar, {})[key] = (ph, st)
