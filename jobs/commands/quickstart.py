@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,131 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class _Steps:
-    def __init__(self, total: int):
+    """Numbered steps on the console, each with its wall time (shown again in a table at the end)."""
+
+    def __init__(self, total: int, out=None):
         self.total, self.i, self.t0 = total, 0, time.time()
+        self.out = out or sys.stdout
+        self.times: list[tuple[str, float]] = []
+        self._started = None
+
+    def _close(self) -> None:
+        if self._started is not None:
+            title, t = self._started
+            self.times.append((title, time.time() - t))
+            self._started = None
 
     def __call__(self, title: str) -> None:
+        self._close()
         self.i += 1
-        print(f"\n[{self.i}/{self.total}] {title}  (t+{time.time() - self.t0:.0f}s)", flush=True)
+        self._started = (title.split(":")[0], time.time())
+        print(f"\n[{self.i}/{self.total}] {title}", file=self.out, flush=True)
+
+    def say(self, text: str) -> None:
+        print(f"  {text}", file=self.out, flush=True)
+
+    def finish(self) -> None:
+        self._close()
+        width = max((len(t) for t, _ in self.times), default=10)
+        print("\nTime per step:", file=self.out)
+        for title, secs in self.times:
+            print(f"  {title:<{width}}  {_duration(secs):>7}", file=self.out)
+        print(f"  {'total':<{width}}  {_duration(time.time() - self.t0):>7}", file=self.out, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class _Console:
+    """A quiet run: everything the libraries and child processes print (Spark's JVM and Python
+    workers, img2dataset's workers, warnings, tracebacks of a shutting-down worker daemon) goes to
+    a log file, at the level of the file descriptors, so that child processes are covered too;
+    the console shows the steps, progress lines and results. The log file is named at the end."""
+
+    def __init__(self, log_path: str) -> None:
+        self.log_path = log_path
+        self.out = sys.stdout
+
+    def __enter__(self) -> "_Console":
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = (os.dup(1), os.dup(2))
+        self.out = os.fdopen(os.dup(self._saved[0]), "w", buffering=1)
+        self._log = open(self.log_path, "ab", buffering=0)
+        os.dup2(self._log.fileno(), 1)
+        os.dup2(self._log.fileno(), 2)
+        root = logging.getLogger()
+        if not root.handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                datefmt="%H:%M:%S")
+        self._handler = _ProgressHandler(self.out)
+        for name in ("jobs.stages", "jobs.spark"):
+            logging.getLogger(name).addHandler(self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in ("jobs.stages", "jobs.spark"):
+            logging.getLogger(name).removeHandler(self._handler)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._log.close()
+
+
+class _ProgressHandler(logging.Handler):
+    """Stage starts and ends, and Spark's task progress, as short console lines."""
+
+    def __init__(self, out) -> None:
+        super().__init__(logging.INFO)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.name == "jobs.stages":
+            parts = msg.split("] ", 1)
+            if len(parts) == 2 and (" done in " in parts[1] or parts[1].endswith("...")):
+                print(f"    {parts[1]}", file=self.out, flush=True)
+        elif record.name == "jobs.spark" and " tasks (" in msg:
+            print(f"      {msg}", file=self.out, flush=True)
+
+
+def _watch_training(metrics: str, steps: int, say, every: float = 10.0):
+    """Progress of a training run from its metrics.jsonl (a thread; returns its stop function)."""
+    import threading
+
+    stop = threading.Event()
+    t0 = time.time()
+
+    shown = [-1]
+
+    def poll() -> None:
+        while not stop.wait(every):
+            try:
+                with open(metrics, encoding="utf-8") as f:
+                    last = json.loads(f.readlines()[-1])
+            except (OSError, IndexError, ValueError):
+                continue
+            step = int(last.get("step", 0))
+            if step == shown[0]:
+                continue
+            shown[0] = step
+            eta = (time.time() - t0) * (steps - step) / step if step else 0
+            say(f"train: step {step}/{steps}, loss {last.get('loss', float('nan')):.3f}, "
+                f"{last.get('images_per_s', 0):.0f} img/s, ETA {_duration(eta)}")
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+
+    def done() -> None:
+        stop.set()
+        thread.join(timeout=2)
+    return done
 
 
 def find_wordnet(explicit: str | None) -> str:
@@ -110,7 +230,7 @@ def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: st
     from eval.datasets import load_digits_dataset, write_image_folder
     from jobs import synthetic
 
-    step = step or (lambda title: print(f"\n== {title}", flush=True))
+    step = step or _Steps(0)
     data = os.path.join(out, "data")
     os.makedirs(data, exist_ok=True)
     wordnet_dir = find_wordnet(wordnet)
@@ -128,7 +248,7 @@ def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: st
              "--out", meta_dir, "--unigram-min-count", "20", "--bigram-min-pmi", "5", "--bigram-min-count", "5",
              "--master", master)
     n_entries = len(json.load(open(os.path.join(meta_dir, "metadata.json"))))
-    print(f"  metadata: {n_entries:,} entries -> {meta_dir}")
+    step.say(f"metadata: {n_entries:,} entries -> {meta_dir}")
 
     step("web: rendering images, starting an HTTP server on 127.0.0.1, writing the pool")
     www_root = os.path.join(data, "web")
@@ -146,7 +266,7 @@ def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: st
         with open(os.path.join(data, "planted.json"), "w") as f:  # the audit's ground truth
             json.dump(sorted(uid_from_url(u) for u in planted_urls), f)
         planted = len(planted_urls)
-        print(f"  pool: {pool_size + planted:,} rows ({planted} planted copies of held-out images) at {base_url}")
+        step.say(f"pool: {pool_size + planted:,} rows ({planted} planted copies of held-out images) at {base_url}")
 
         step("eval sets: hashing scikit-learn digits and the held-out split")
         digits_dir = os.path.join(data, "digits")
@@ -198,11 +318,16 @@ def shard_pattern(run_dir: str) -> str:
     return os.path.join(folder, "{" + ",".join(names) + "}.tar")
 
 
-def train_and_eval(run_dir: str, world: dict, out: str, *, steps: int, seed: int, overlap: bool = True) -> dict:
+def train_and_eval(run_dir: str, world: dict, out: str, *, steps: int, seed: int, overlap: bool = True,
+                   say=None) -> dict:
     train_dir = os.path.join(out, "train")
-    _cli("train", "--shards", shard_pattern(run_dir), "--model", "tiny", "--steps", str(steps), "--out", train_dir,
-         "--batch-size", "64", "--mask-ratio", "0.5", "--unmasked-steps", str(max(steps // 5, 1)),
-         "--save-every", str(max(steps // 2, 1)), "--seed", str(seed), "--workers", "1", "--no-progress")
+    done = _watch_training(os.path.join(train_dir, "metrics.jsonl"), steps, say) if say else (lambda: None)
+    try:
+        _cli("train", "--shards", shard_pattern(run_dir), "--model", "tiny", "--steps", str(steps), "--out",
+             train_dir, "--batch-size", "64", "--mask-ratio", "0.5", "--unmasked-steps", str(max(steps // 5, 1)),
+             "--save-every", str(max(steps // 2, 1)), "--seed", str(seed), "--workers", "1", "--no-progress")
+    finally:
+        done()
     results = os.path.join(out, "eval", "results.json")
     extra = ["--overlap", run_dir] if overlap else []
     _cli("eval", "--checkpoint", train_dir, "--zeroshot", "digits", "--retrieval", world["heldout"],
@@ -211,35 +336,67 @@ def train_and_eval(run_dir: str, world: dict, out: str, *, steps: int, seed: int
 
 
 def run(args) -> int:
-    from jobs.spark import get_spark
-
     tiny = args.tiny
     pool_size = args.pool_size or (600 if tiny else 3000)
-    steps = args.train_steps or (30 if tiny else 500)
+    steps = args.train_steps or (30 if tiny else DEFAULT_STEPS)
     t = args.t or (20 if tiny else 60)
     out = os.path.abspath(args.out)
-    run_dir = os.path.join(out, "run")
-    step = _Steps(6)
     find_wordnet(args.wordnet)  # fail fast with the install hint
+    log_path = os.path.join(out, "quickstart.log")
+    console = _Console(log_path)
+    try:
+        with console:
+            _run(args, out, tiny=tiny, pool_size=pool_size, steps=steps, t=t, out_stream=console.out)
+    except BaseException:
+        print(f"\nThe quickstart failed; the details are in {log_path}. Its last lines:", file=sys.stderr)
+        try:
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                print("".join(f.readlines()[-25:]), file=sys.stderr)
+        except OSError:
+            pass
+        raise
+    print(f"  log (Spark, img2dataset, training): {log_path}")
+    return 0
+
+
+#: Training steps of the full quickstart: enough for the zero-shot and retrieval scores to rise
+#: clearly above chance, few enough for the whole run to stay within about five minutes on 2 cores.
+DEFAULT_STEPS = 300
+
+
+def _run(args, out: str, *, tiny: bool, pool_size: int, steps: int, t: float, out_stream) -> None:
+    from jobs.spark import get_spark
+
+    run_dir = os.path.join(out, "run")
+    step = _Steps(6, out_stream)
     get_spark(args.master)  # one session for every step
     world = prepare_world(out, tiny=tiny, pool_size=pool_size, seed=args.seed, master=args.master,
                           wordnet=args.wordnet, step=step)
     try:
         step("curate: match -> count -> balance -> download -> dedup -> shard (Spark)")
-        curate_run(world, run_dir, t=t, seed=args.seed, master=args.master, config_path=os.path.join(out, "run.yaml"))
+        summary = curate_run(world, run_dir, t=t, seed=args.seed, master=args.master,
+                             config_path=os.path.join(out, "run.yaml"))
+        step.say(f"kept {summary['kept']:,} of {summary['matched']:,} matched captions (t = {t:g})")
     finally:
         world["stop_server"]()
 
     step("report: distribution report and overlap audit")
     _cli("report", run_dir)
     _cli("audit", run_dir, "--truth", world["planted"])
+    audit = json.load(open(os.path.join(run_dir, "audit", "audit.json")))
+    truth = audit.get("truth", {}).get("confirmed", {})
+    step.say(f"audit: {audit['overlapping_pool_images']} pool images overlap the eval sets "
+             f"({audit['phash_pairs']} pHash pairs, {audit['pairs']} confirmed by the colour check); of the "
+             f"{truth.get('known_copies', 0)} planted copies {truth.get('true_positives', 0)} were found")
 
     step(f"train + eval: tiny CLIP, {steps} steps (FLIP masking 0.5, then unmasked tuning); "
          "zero-shot on scikit-learn digits, retrieval on the held-out split")
-    train_and_eval(run_dir, world, out, steps=steps, seed=args.seed)
-    results = os.path.join(out, "eval", "results.json")
-    print(f"\nDone in {time.time() - step.t0:.0f}s.")
-    print(f"  distribution report: {os.path.join(run_dir, 'report', 'index.html')}")
-    print(f"  overlap audit:       {os.path.join(run_dir, 'audit', 'index.html')}")
-    print(f"  eval results:        {results}")
-    return 0
+    results = train_and_eval(run_dir, world, out, steps=steps, seed=args.seed, say=step.say)
+    for name, value in sorted(results.get("metrics", {}).items()):
+        if name in ("zeroshot/digits/top1", "retrieval/heldout/mean_recall"):
+            step.say(f"{name} = {value:.3f}")
+    step.finish()
+    p = step.out
+    print(f"\n  distribution report: {os.path.join(run_dir, 'report', 'index.html')}", file=p)
+    print(f"  overlap audit:       {os.path.join(run_dir, 'audit', 'index.html')}", file=p)
+    print(f"  eval results:        {os.path.join(out, 'eval', 'results.json')}", file=p, flush=True)
