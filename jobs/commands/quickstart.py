@@ -284,9 +284,12 @@ def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: st
 
 
 def curate_run(world: dict, run_dir: str, *, t: float | None, seed: int, master: str,
-               mode: str = "metaclip", target_size: int | None = None, config_path: str) -> dict:
-    balance = f"{{t: {t}, seed: {seed}}}" if mode == "metaclip" else \
-        f"{{mode: random, target_size: {target_size}, seed: {seed}}}"
+               mode: str = "metaclip", target_size: int | None = None, config_path: str,
+               stages: list[str] | None = None) -> dict:
+    """Write the run's config and run it (``stages``: only these and what they need); returns the
+    balance stage's summary, or the match stage's when balance did not run."""
+    size = f"target_size: {target_size}" if target_size is not None else f"t: {t}"
+    balance = f"{{{size}, seed: {seed}}}" if mode == "metaclip" else f"{{mode: random, {size}, seed: {seed}}}"
     with open(config_path, "w") as f:
         f.write(f"run_dir: {run_dir}\npool: {{path: {world['pool']}, rows_per_unit: 1000}}\n"
                 f"metadata: {{path: {world['metadata']}}}\nbalance: {balance}\n"
@@ -294,11 +297,12 @@ def curate_run(world: dict, run_dir: str, *, t: float | None, seed: int, master:
                 f"download: {{image_size: 64, processes: 2, threads: 8, timeout: 5, allow_loopback: true}}\n"
                 f"dedup: {{evalsets: {world['evalsets']}, k: 8}}\n"
                 f"shard: {{samples_per_shard: 250}}\nspark: {{master: '{master}'}}\n")
-    _cli("run", "--config", config_path)
+    _cli("run", "--config", config_path, *(["--set", f"stages=[{', '.join(stages)}]"] if stages else []))
     from curation.rundir import RunDir
-    from jobs.stages import balance
+    from jobs.stages import balance, match
 
-    return RunDir(run_dir).stage(balance.STAGE.name).summary()
+    run = RunDir(run_dir)
+    return run.stage(balance.STAGE.name).summary() or run.stage(match.STAGE.name).summary()
 
 
 def shard_sizes(run_dir: str) -> tuple[str, dict[str, int]]:

@@ -80,6 +80,12 @@ def test_quickstart_outputs(quickstart):
     assert "report/index.html" in stdout
 
 
+def pq_uids(folder) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(folder, columns=["uid"]).column("uid").to_pylist()
+
+
 def _doc_blocks():
     text = (REPO / "README.md").read_text()
     return re.findall(r"<!-- doctest -->\s*```bash\n(.*?)```", text, flags=re.S)
@@ -105,6 +111,17 @@ def test_readme_task_commands_run(quickstart, index):
                           text=True, timeout=900)
     assert proc.returncode == 0, f"README block failed:\n{block}\n--- stdout\n{proc.stdout[-2000:]}\n" \
                                  f"--- stderr\n{proc.stderr[-3000:]}"
+    if "experiment balance-vs-random" in block:  # the arms must really differ
+        res = json.loads((cwd / "runs" / "bvr-tiny" / "results.json").read_text())
+        assert len(res["seeds"]) >= 2
+        for seed, arms in res["curation"].items():
+            bal, rnd = arms["balanced"], arms["random"]
+            assert bal["head_entries"] > 0 and bal["kept"] < bal["matched"], (seed, bal)  # the head was cut
+            assert rnd["mode"] == "random" and abs(rnd["kept"] - bal["kept"]) <= max(10, 0.2 * bal["kept"])
+        kept = {}
+        for arm in ("balanced", "random"):
+            kept[arm] = sorted(pq_uids(cwd / "runs" / "bvr-tiny" / "seed0" / arm / "run" / "balance"))
+        assert kept["balanced"] != kept["random"]
     if "runs/on-cluster" in block:  # a cluster run must curate rows, not merely exit 0
         import pyarrow.parquet as pq
 
