@@ -1,9 +1,17 @@
 """MetaCLIP parity substring matching (ARCHITECTURE.md, "Matching").
 
-A text matches entry ``e`` when ``" " + e + " "`` is a substring of ``normalize(text)``. The
-normalisation pads the text with one space each side, wraps each of ``, . ; : ? ! ` `` in spaces
-and turns tab / newline / CR into spaces — nothing else (no case folding, no Unicode
-normalisation), exactly as MetaCLIP's ``spacing()`` does, so ids agree with MetaCLIP's own code.
+A text matches entry ``e`` when ``entry_key(e, rule)`` is a substring of ``prepare(text, rule)``.
+The normalisation (:func:`normalize`) pads the text with one space each side, wraps each of
+``, . ; : ? ! ` `` in spaces and turns tab / newline / CR into spaces — nothing else (no case
+folding, no Unicode normalisation), exactly as MetaCLIP's ``spacing()`` does, so ids agree with
+MetaCLIP's own code. The rule (``curation.textrules``) decides the rest:
+
+* ``metaclip1`` (default): the key is ``" " + e + " "``; the text is normalised as it is.
+* ``metaclip2``: MetaCLIP 2's ``get_spaced_metadata`` — the key gets a leading space unless
+  ``e[0]`` is unspaced (punctuation, CJK, Thai, ...) and a trailing space unless ``e[-1]`` is;
+  the text is ``str.strip()``-ped first, as MetaCLIP 2's ``curate.py`` does before
+  ``substr_match``. Its ``spacing()`` is MetaCLIP 1's, unchanged (same seven wrapped characters,
+  tab / newline / CR to a space). See :func:`metaclip2_reading` for how its code was read.
 
 ``Matcher`` builds one pyahocorasick automaton over the space-padded entries. Building it costs
 seconds for 500k entries, so ``get_matcher`` caches matchers per process, keyed by a fingerprint of
@@ -19,6 +27,7 @@ from typing import Iterable, Sequence
 import ahocorasick
 
 from curation.errors import InputError
+from curation.textrules import DEFAULT_RULE, check_rule, is_unspaced
 
 #: The seven characters MetaCLIP wraps in spaces. An entry containing one can never match.
 WRAPPED_CHARS = ",.;:?!`"
@@ -35,6 +44,82 @@ def normalize(text: str) -> str:
     return (" " + text + " ").translate(_TRANSLATION)
 
 
+EMPTY_ENTRY_METACLIP2 = ("MetaCLIP 2 cannot space it (its get_spaced_metadata reads e[0]); remove it from "
+                         "the metadata")
+
+
+def prepare(text: str, rule: str = DEFAULT_RULE) -> str:
+    """The text as the rule searches it: ``normalize(text)``, after ``str.strip()`` for metaclip2."""
+    return normalize(text.strip() if rule == "metaclip2" else text)
+
+
+def entry_key(entry: str, rule: str = DEFAULT_RULE) -> str:
+    """The string an entry must be a substring of the prepared text as (see the module doc)."""
+    if rule == "metaclip1":
+        return f" {entry} "
+    if not entry:
+        raise InputError(f"the entry is the empty string: {EMPTY_ENTRY_METACLIP2}")
+    left = "" if is_unspaced(entry[0]) else " "
+    right = "" if is_unspaced(entry[-1]) else " "
+    return left + entry + right
+
+
+def never_matches(entry: str, rule: str = DEFAULT_RULE) -> bool:
+    """Whether no text can ever match ``entry`` (exact, for lints and counts).
+
+    A prepared text has no tab/LF/CR, and each wrapped character in it came with a space of its
+    own on both sides. So a key never occurs when it holds tab/LF/CR, or a wrapped character next
+    to a non-space inside the key, or two wrapped characters one space apart (they cannot share
+    it). Any other key occurs in the text made of it with those own spaces removed, between two
+    letters (``"x" + ... + "x"``, so no strip or padding gets in the way).
+    """
+    key = entry_key(entry, rule)
+    if any(c in key for c in SPACED_CHARS):
+        return True
+    last = len(key) - 1
+    for i, c in enumerate(key):
+        if c not in WRAPPED_CHARS:
+            continue
+        if (i > 0 and key[i - 1] != " ") or (i < last and key[i + 1] != " "):
+            return True
+        if i + 2 <= last and key[i + 2] in WRAPPED_CHARS:  # "w w": one space for two owners
+            return True
+    return False
+
+
+def metaclip2_reading() -> str:
+    """How MetaCLIP 2's shipped code was read (documentation; returns this docstring).
+
+    ``metaclip/curation/substr_matching.py`` (facebookresearch/MetaCLIP) as shipped cannot run:
+    ``substr_match`` starts with ``if lang_id not in automaton_ml:``, but ``automaton_ml`` is a
+    local variable of ``curate.py``'s ``count_per_shard`` (passed in as the ``automatons``
+    argument), not a name in that module, so every call raises ``NameError``. Its branch then
+    calls ``pickle.load`` and the module never imports ``pickle`` (a second NameError). The
+    evident intent is a per-language automaton cache: ``if lang_id not in automatons:`` load
+    ``{automaton_dir}/{lang_id}.pkl`` into ``automatons[lang_id]``, then match with it. (Its
+    caller has the same kind of slip: ``lang_id = lid_langcode_to_metadata_langcode(lang_id)``
+    reads ``lang_id`` before assigning it, an UnboundLocalError; it means the record's ``lang``.)
+
+    None of that touches the rule, which is: keys from ``get_spaced_metadata`` (a space before
+    ``e`` unless ``is_cjk_or_similar(e[0])``, after it unless ``is_cjk_or_similar(e[-1])``) in a
+    pyahocorasick automaton; the caption ``txt.strip()``-ped by ``count_per_shard``, then
+    ``spacing(txt)`` (identical to MetaCLIP 1's); the result the set of entry ids of every
+    occurrence. Two deliberate differences, as for metaclip1: equal entries all match (MetaCLIP's
+    ``add_word(key, (idx, key))`` keeps only the last id of a repeated key; its lists have no
+    repeats) and ids come back sorted (MetaCLIP returns ``list(set)``). Choosing which language's
+    entry list a caption is matched against (MetaCLIP 2's LID routing) is the caller's business.
+    """
+    return metaclip2_reading.__doc__ or ""
+
+
+def matcher_fingerprint(entries: Sequence[str], rule: str = DEFAULT_RULE) -> str:
+    """Fingerprint of a matcher: the entries' for metaclip1 (unchanged), entries + rule otherwise."""
+    fp = entries_fingerprint(entries)
+    if check_rule(rule) == "metaclip1":
+        return fp
+    return hashlib.sha256(f"{rule}\0{fp}".encode()).hexdigest()[:32]
+
+
 def entries_fingerprint(entries: Sequence[str]) -> str:
     """A stable fingerprint of an entry list (order matters: ids are positions)."""
     h = hashlib.sha256()
@@ -47,13 +132,15 @@ def entries_fingerprint(entries: Sequence[str]) -> str:
 
 
 class Matcher:
-    """Aho-Corasick matcher over space-padded entries; ids are positions in ``entries``.
+    """Aho-Corasick matcher over the rule's entry keys; ids are positions in ``entries``.
 
-    Equal entries share one automaton key whose value lists all their ids, so every id matches
-    (a naive ``" "+e+" " in text`` check over the list agrees; MetaCLIP's lists have no repeats).
+    The reference: one automaton scan per caption, as MetaCLIP does. Equal keys share one
+    automaton key whose value lists all their ids, so every id matches (a naive
+    ``entry_key(e) in text`` check over the list agrees; MetaCLIP's lists have no repeats).
     """
 
-    def __init__(self, entries: Sequence[str]):
+    def __init__(self, entries: Sequence[str], rule: str = DEFAULT_RULE):
+        self.rule = check_rule(rule)
         entries = list(entries)
         if not entries:
             raise InputError("metadata is empty: it must be a non-empty list of entry strings")
@@ -61,10 +148,12 @@ class Matcher:
             if not isinstance(e, str):
                 raise InputError(f"metadata entry #{i} is {type(e).__name__}, expected a string: {e!r}")
         self.entries = entries
-        self.fingerprint = entries_fingerprint(entries)
+        self.fingerprint = matcher_fingerprint(entries, rule)
         ids_by_key: dict[str, list[int]] = {}
+        if rule == "metaclip2" and "" in entries:
+            raise InputError(f"metadata entry #{entries.index('')} is the empty string: {EMPTY_ENTRY_METACLIP2}")
         for i, e in enumerate(entries):
-            ids_by_key.setdefault(f" {e} ", []).append(i)
+            ids_by_key.setdefault(entry_key(e, rule), []).append(i)
         automaton = ahocorasick.Automaton()
         for key, ids in ids_by_key.items():
             automaton.add_word(key, tuple(ids))
@@ -92,27 +181,29 @@ class Matcher:
 
     def match(self, text: str) -> list[int]:
         """Sorted unique ids of the entries that ``text`` contains (MetaCLIP semantics)."""
-        return self.match_normalized(normalize(text))
+        return self.match_normalized(prepare(text, self.rule))
 
     def match_batch(self, texts: Iterable[str | None]) -> list[list[int]]:
         """``match`` over many texts; ``None`` gives ``[]`` (callers reject nulls separately)."""
-        match = self.match_normalized
-        return [match(normalize(t)) if t is not None else [] for t in texts]
+        match, rule = self.match_normalized, self.rule
+        return [match(prepare(t, rule)) if t is not None else [] for t in texts]
 
 
 _CACHE: dict[str, Matcher] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_matcher(entries: Sequence[str], fingerprint: str | None = None) -> Matcher:
-    """The process-wide Matcher for ``entries`` (built on first use, then reused)."""
-    key = fingerprint or entries_fingerprint(entries)
+def get_matcher(entries: Sequence[str], fingerprint: str | None = None, rule: str = DEFAULT_RULE) -> Matcher:
+    """The process-wide Matcher for ``entries`` under ``rule`` (built on first use, then reused).
+
+    ``fingerprint``, when given, is ``matcher_fingerprint(entries, rule)`` computed by the caller."""
+    key = f"{check_rule(rule)}:{fingerprint or matcher_fingerprint(entries, rule)}"
     m = _CACHE.get(key)
     if m is None:
         with _CACHE_LOCK:
             m = _CACHE.get(key)
             if m is None:
-                m = Matcher(entries)
+                m = Matcher(entries, rule)
                 _CACHE.clear()  # one metadata per process at a time: bound memory
                 _CACHE[key] = m
     return m

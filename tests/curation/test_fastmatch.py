@@ -195,7 +195,7 @@ def test_compiled_matcher_errors_name_the_file(tmp_path):
         FastMatcher.load(str(bad))
     with open(path, "rb") as f:
         data = f.read()
-    newer = data.replace(b'"format": 1', b'"format": 9', 1)
+    newer = data.replace(f'"format": {fastmatch.COMPILED_FORMAT}'.encode(), b'"format": 9', 1)  # same length
     assert newer != data
     (tmp_path / "newer.bin").write_bytes(newer)
     with pytest.raises(InputError, match="rebuild it"):
