@@ -15,8 +15,10 @@ class EvalConfig:
 
     checkpoint: str = setting("", "checkpoint .pt file, or a training output dir (its latest checkpoint); "
                                   "local or s3://... (required)", metavar="PATH")
-    zeroshot: list = setting([], "zero-shot classification dataset", metavar="DATASET")
-    retrieval: list = setting([], "image-caption dataset for recall@1/5/10", metavar="DATASET")
+    zeroshot: list = setting([], "zero-shot classification dataset (also a folder in clip_benchmark's "
+                                 "WebDataset layout)", metavar="DATASET")
+    retrieval: list = setting([], "image-caption dataset for recall@1/5/10 (also a folder in clip_benchmark's "
+                                  "WebDataset layout)", metavar="DATASET")
     linear_probe: list = setting([], "labelled dataset for a logistic-regression probe", metavar="DATASET")
     out: str = setting("", "results JSON path, local or s3://... (required)", metavar="PATH")
     templates: str | None = setting(None, "prompt templates file (one per line with {}, or a JSON list); "
@@ -27,6 +29,10 @@ class EvalConfig:
     overlap_max_hamming: int | None = setting(None, "only count overlaps at Hamming distance <= this; "
                                                     "none: all rows", minimum=0)
     html: str | None = setting(None, "also write DIR/index.html with PNG plots", metavar="DIR")
+    clip_benchmark_out: str | None = setting(None, "also write each zero-shot / retrieval result as a "
+                                                   "clip_benchmark result file in DIR (its schema and file "
+                                                   "names; `clip_benchmark build DIR/*.json` tabulates them)",
+                                             metavar="DIR")
     device: str = setting("cpu", "torch device")
     batch_size: int = setting(64, "images per forward pass", minimum=1)
     max_samples: int | None = setting(None, "evaluate on a seeded random subset of at most N images per "

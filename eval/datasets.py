@@ -14,6 +14,15 @@ Nothing here downloads anything. Supported sources (see :func:`load_dataset`):
   present else the ``.txt`` member (one caption), a label from ``.cls`` or ``json["label"]``.
 * Image folders: ``root/<class name>/<image>`` (classification; ``_`` in folder names becomes a
   space) or flat ``root/<key>.jpg`` + ``root/<key>.txt`` with one caption per line (retrieval).
+* clip_benchmark's WebDataset layout (what ``clip_benchmark_export_wds`` writes and its ``wds/``
+  datasets read): a folder with ``classnames.txt`` (one class per line, line i = class i),
+  ``zeroshot_classification_templates.txt`` (one template per line, ``{c}`` for the class),
+  optionally ``dataset_type.txt`` (``retrieval``; absent means classification) and a split folder
+  ``test/`` of ``0.tar .. N-1.tar`` (``test/nshards.txt`` holds N; without it every ``*.tar``).
+  Each sample has an image (webp/png/jpg/jpeg) and ``cls`` (the class index) for classification or
+  ``txt`` (the captions, one per line) for retrieval. Give the dataset folder (the ``test`` split)
+  or a split folder inside it (``DIR/train``); the dataset's own templates are used unless
+  ``--templates`` is given.
 * Parquet (a file, a folder of part files, or a glob) with image bytes in a column ``image`` /
   ``jpg`` / ``img`` / ``image_bytes`` (binary, or a struct with a ``bytes`` field as Hugging Face
   datasets write it), optional ``captions`` (list) / ``caption`` / ``text``, ``label`` and ``key``.
@@ -34,6 +43,7 @@ import io
 import json
 import logging
 import posixpath
+import re
 import tarfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -64,6 +74,8 @@ class EvalDataset:
     classnames: list[str] | None = None
     captions: list[list[str]] | None = None
     meta: dict = field(default_factory=dict)
+    #: prompt templates that come with the dataset (clip_benchmark's layout); None: the built-in set
+    templates: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -107,6 +119,7 @@ class EvalDataset:
             classnames=self.classnames,
             captions=None if self.captions is None else [self.captions[i] for i in idx],
             meta=dict(self.meta),
+            templates=self.templates,
         )
 
     def require_classification(self, task: str) -> None:
@@ -242,6 +255,103 @@ def load_webdataset(pattern: str, name: str | None = None, classnames: Sequence[
                        classnames=list(classnames) if classnames and lab is not None else None,
                        captions=captions if any(captions) else None,
                        meta={"source": "webdataset", "shards": len(urls)})
+
+
+# --------------------------------------------------------------------------- clip_benchmark
+CB_CLASSNAMES = "classnames.txt"
+CB_TEMPLATES = "zeroshot_classification_templates.txt"
+CB_TYPE = "dataset_type.txt"
+CB_IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")  # clip_benchmark's order of preference
+
+
+def is_clip_benchmark_root(path: str, storage: Storage, split: str = "test") -> bool:
+    """A folder in clip_benchmark's WebDataset layout with the given split."""
+    return (storage.isdir(join(path, split))
+            and any(storage.isfile(join(path, f)) for f in (CB_CLASSNAMES, CB_TYPE, join(split, "nshards.txt"))))
+
+
+def _read_lines(url: str, storage: Storage) -> list[str]:
+    """clip_benchmark's reading of its text files: every line, stripped."""
+    return [line.strip() for line in storage.read_bytes(url).decode("utf-8").splitlines()]
+
+
+def _natural(url: str) -> list:
+    """Sort key putting 2.tar before 10.tar (clip_benchmark numbers its shards without padding)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", url.rsplit("/", 1)[-1])]
+
+
+def load_clip_benchmark(root: str, split: str = "test", name: str | None = None,
+                        storage: Storage | None = None) -> EvalDataset:
+    """A dataset in clip_benchmark's WebDataset layout (see the module docstring)."""
+    storage = storage or Storage.from_env()
+    root = root.rstrip("/")
+    kind = "classification"
+    if storage.isfile(join(root, CB_TYPE)):
+        kind = (_read_lines(join(root, CB_TYPE), storage) or ["classification"])[0].lower() or "classification"
+    if kind not in ("classification", "retrieval"):
+        raise InputError(f"{root}: dataset_type {kind!r} is not supported (classification and retrieval are)")
+    split_dir = join(root, split)
+    nshards_url = join(split_dir, "nshards.txt")
+    if storage.isfile(nshards_url):
+        try:
+            n = int(storage.read_bytes(nshards_url).decode().strip())
+        except ValueError:
+            raise InputError(f"{nshards_url} must hold the number of shards") from None
+        urls = [join(split_dir, f"{i}.tar") for i in range(n)]
+        absent = [u for u in urls if not storage.isfile(u)]
+        if absent:
+            raise InputError(f"{nshards_url} says {n} shards but {len(absent)} are missing (first: {absent[0]})")
+    else:
+        urls = sorted(storage.glob(split_dir, "*.tar"), key=_natural)
+    if not urls:
+        raise InputError(f"no .tar shards in {split_dir}")
+    classnames = _read_lines(join(root, CB_CLASSNAMES), storage) \
+        if storage.isfile(join(root, CB_CLASSNAMES)) else None
+    templates = None
+    if storage.isfile(join(root, CB_TEMPLATES)):
+        templates = [t for t in _read_lines(join(root, CB_TEMPLATES), storage) if t] or None
+    keys: list[str] = []
+    images: list[ImageSource] = []
+    labels: list[int] = []
+    captions: list[list[str]] = []
+    want = "txt" if kind == "retrieval" else "cls"
+    for url in urls:
+        try:
+            for sample in iter_tar_samples(url, storage):
+                ext = next((e for e in CB_IMAGE_EXTS if e in sample), None)
+                if ext is None or want not in sample:
+                    raise InputError(f"{url}: sample {sample['__key__']!r} lacks an image "
+                                     f"({'/'.join(CB_IMAGE_EXTS)}) or its .{want} (a {kind} dataset)")
+                keys.append(sample["__key__"])
+                images.append(sample[ext])
+                if kind == "retrieval":
+                    text = sample["txt"].decode("utf-8", errors="replace")
+                    captions.append([line for line in text.splitlines() if line.strip()])
+                else:
+                    try:
+                        labels.append(int(sample["cls"].decode().strip()))
+                    except ValueError:
+                        raise InputError(f"{url}: sample {sample['__key__']!r} has a .cls that is not a class "
+                                         "index") from None
+        except FileNotFoundError as exc:
+            raise InputError(f"shard not found: {url} ({exc})") from exc
+        except tarfile.TarError as exc:
+            raise InputError(f"unreadable shard {url}: {exc}") from exc
+    if not images:
+        raise InputError(f"no samples in {split_dir}")
+    lab = None
+    if kind == "classification":
+        lab = np.asarray(labels)
+        if classnames is None:
+            raise InputError(f"{root} has no {CB_CLASSNAMES}: zero-shot classification needs the class names")
+        if lab.min() < 0 or lab.max() >= len(classnames):
+            raise InputError(f"{root}: class indices run from {lab.min()} to {lab.max()} but {CB_CLASSNAMES} "
+                             f"names {len(classnames)} classes")
+    return EvalDataset(name=name or default_name(root), keys=keys, images=images, labels=lab,
+                       classnames=classnames if kind == "classification" else None,
+                       captions=captions if kind == "retrieval" else None,
+                       meta={"source": "clip_benchmark", "task": kind, "split": split, "shards": len(urls)},
+                       templates=templates if kind == "classification" else None)
 
 
 # --------------------------------------------------------------------------- folders
@@ -398,6 +508,11 @@ def load_dataset(spec: str, image_size: int = 64, classnames: Sequence[str] | No
         raise InputError(f"dataset {spec!r} not found: use a built-in ({', '.join(BUILTINS)}), "
                          "heldout:RUN, a shard pattern, a folder, or a parquet path")
     if storage.isdir(spec):
+        if is_clip_benchmark_root(spec, storage):
+            return load_clip_benchmark(spec, name=name, storage=storage)
+        parent, _, split = spec.rstrip("/").rpartition("/")
+        if parent and split and is_clip_benchmark_root(parent, storage, split):
+            return load_clip_benchmark(parent, split, name=default_name(parent), storage=storage)
         names = storage.ls(spec)
         if any(n.endswith(".tar") for n in names):
             return load_webdataset(spec, name=name, classnames=classnames, storage=storage)

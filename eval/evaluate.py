@@ -17,8 +17,8 @@ from eval.datasets import EvalDataset, load_dataset
 from eval.features import as_numpy, check_model, encode_images, encode_texts
 from eval.linear_probe import evaluate_linear_probe
 from eval.overlap import accuracy_with_without, load_overlap, overlap_mask, overlapping_keys
-from eval.report import new_results
-from eval.retrieval import evaluate_retrieval, flatten_captions, retrieval_from_features
+from eval.report import clip_benchmark_record, new_results
+from eval.retrieval import clip_benchmark_recalls, evaluate_retrieval, flatten_captions, retrieval_from_features
 from eval.zeroshot import evaluate_zeroshot
 
 log = logging.getLogger(__name__)
@@ -71,13 +71,19 @@ def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
 
     embed_dim = None
     results = new_results(checkpoint, model, samples_seen, compute_gmacs=compute_gmacs)
+    results["clip_benchmark"] = []
+    model_name = str(getattr(model, "name", None) or type(model).__name__)
+
+    def record(ds: EvalDataset, task: str, metrics: dict) -> None:
+        results["clip_benchmark"].append(clip_benchmark_record(ds, task, metrics, model_name, checkpoint))
 
     for spec in plan.zeroshot:
         ds = _load(plan, spec, size, storage)
         feats = _features(plan, spec, model, ds)
         embed_dim = int(feats.shape[1])
-        r = evaluate_zeroshot(model, ds, plan.templates, image_features=feats)
+        r = evaluate_zeroshot(model, ds, plan.templates or ds.templates, image_features=feats)
         out = r.to_json()
+        record(ds, "zeroshot_classification", r.clip_benchmark)
         if overlap_table is not None:
             out["overlap"] = accuracy_with_without(r.correct_top1, r.keys, overlap_for(ds))
         results["zeroshot"][ds.name] = out
@@ -91,6 +97,7 @@ def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
         txt = encode_texts(model, texts)
         r = retrieval_from_features(feats, txt, owner, dataset=ds.name)
         out = r.to_json()
+        record(ds, "zeroshot_retrieval", clip_benchmark_recalls(r))
         if overlap_table is not None:
             mask = overlap_mask(ds.keys, overlap_for(ds))
             out["overlap"] = {"n_overlapping": int(mask.sum())}

@@ -11,10 +11,19 @@ Schema ``metacurate.eval/1`` (keys only ever added, never renamed, within a majo
                              "text_to_image": {...}, "mean_recall", ["overlap": {...}]}},
      "linear_probe": {DATASET: {"top1", "best_C", "sweep", "n_train", "n_val", "n_test",
                                 ["overlap": {...}]}},
+     "clip_benchmark": [{"dataset", "model", "pretrained", "task", "metrics", "language"}, ...],
      "metrics": {"zeroshot/DATASET/top1": float, ...}}
 
 ``metrics`` flattens every headline number under a path-like name, so runs compare by key and
 ``metacurate scaling collect`` can turn many result files into one CSV.
+
+``clip_benchmark`` holds one record per zero-shot / retrieval evaluation in clip_benchmark's own
+result schema (``task`` ``zeroshot_classification`` with ``acc1``, ``acc5``,
+``mean_per_class_recall``; ``zeroshot_retrieval`` with ``image_retrieval_recall@k`` and
+``text_retrieval_recall@k``; a dataset read from clip_benchmark's layout is named ``wds/NAME`` as
+clip_benchmark names it). :func:`write_clip_benchmark` writes each as the file clip_benchmark would
+(``{dataset}_{pretrained}_{model}_{language}_{task}.json``), so ``clip_benchmark build`` tabulates
+them beside its own runs.
 """
 from __future__ import annotations
 
@@ -54,6 +63,32 @@ def new_results(checkpoint: str, model: Any, samples_seen: int | None = None,
         "compute_gmacs": float(compute_gmacs) if compute_gmacs is not None else None,
         "zeroshot": {}, "retrieval": {}, "linear_probe": {},
     }
+
+
+def clip_benchmark_record(dataset: Any, task: str, metrics: dict, model: str, checkpoint: str,
+                          language: str = "en") -> dict:
+    """One evaluation in clip_benchmark's result schema (``dataset`` named as clip_benchmark names
+    it: ``wds/NAME`` for a dataset in its WebDataset layout)."""
+    name = dataset.name
+    if (getattr(dataset, "meta", None) or {}).get("source") == "clip_benchmark":
+        name = f"wds/{name}"
+    return {"dataset": name, "model": model, "pretrained": str(checkpoint), "task": task,
+            "metrics": dict(metrics), "language": language}
+
+
+def write_clip_benchmark(results: dict, out_dir: str | os.PathLike, storage: Storage | None = None) -> list[str]:
+    """Each ``clip_benchmark`` record as its own JSON file, named by clip_benchmark's default
+    output template; returns the paths written."""
+    storage = storage or Storage.from_env()
+    written = []
+    for rec in results.get("clip_benchmark", []):
+        dataset = rec["dataset"].replace("wds/", "", 1).replace("/", "_")
+        pretrained = str(rec["pretrained"]).rstrip("/").rsplit("/", 1)[-1] or "checkpoint"
+        fname = f"{dataset}_{pretrained}_{rec['model']}_{rec['language']}_{rec['task']}.json"
+        url = join(os.fspath(out_dir), fname.replace("/", "_"))
+        storage.write_bytes(url, (json.dumps(rec) + "\n").encode("utf-8"))
+        written.append(url)
+    return written
 
 
 def flatten_metrics(results: dict) -> dict[str, float]:

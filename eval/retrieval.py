@@ -83,6 +83,19 @@ def retrieval_ranks(image_features: torch.Tensor, text_features: torch.Tensor,
     return image_ranks, text_ranks
 
 
+def clip_benchmark_recalls(result: "RetrievalResult") -> dict[str, float]:
+    """clip_benchmark's names for the same recalls: its ``image_retrieval_recall@k`` retrieves
+    images for a text (our text_to_image), ``text_retrieval_recall@k`` texts for an image (our
+    image_to_text). It averages over every image, so an image without captions counts as a miss."""
+    out: dict[str, float] = {}
+    for key in result.text_to_image:
+        k = int(key.split("@")[1])
+        out[f"image_retrieval_recall@{k}"] = float((result.text_ranks < k).mean()) if result.text_ranks.size else 0.0
+        out[f"text_retrieval_recall@{k}"] = float(((result.image_ranks >= 0) & (result.image_ranks < k)).mean()) \
+            if result.image_ranks.size else 0.0
+    return out
+
+
 def recall_at(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     valid = ranks[ranks >= 0]
     if valid.size == 0:

@@ -7,6 +7,11 @@ classes with the highest cosine similarity to its normalised image embedding.
 Ties count against the model: the true class is within the top k only when fewer than k *other*
 classes score at least as high. A degenerate model (all scores equal) therefore scores 0, never
 a lucky 100%.
+
+The result also carries clip_benchmark's numbers computed its way (``clip_benchmark``: ``acc1``,
+``acc5`` from ``topk``, ``mean_per_class_recall`` = balanced accuracy of the argmax predictions;
+``acc5`` is None below 5 classes, where clip_benchmark writes NaN). They differ from ours only
+where scores tie exactly.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ class ZeroShotResult:
     keys: list[str] = field(repr=False, default_factory=list)
     correct_top1: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
     predictions: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, int))
+    clip_benchmark: dict[str, float | None] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"n": self.n, "top1": self.top1, "top5": self.top5,
@@ -80,12 +86,26 @@ def zeroshot_from_features(image_features: torch.Tensor, text_classifier: torch.
         counts[name] = int(mask.sum())
         if mask.any():
             per_class[name] = float(correct1[mask].mean())
+    predictions = logits.argmax(dim=1).numpy()
     return ZeroShotResult(
         dataset=dataset, n=len(lab), top1=float(correct1.mean()), top5=float(correct5.mean()),
         per_class=per_class, class_counts=counts, templates=list(templates),
         keys=list(keys) if keys is not None else [str(i) for i in range(len(lab))],
-        correct_top1=correct1, predictions=logits.argmax(dim=1).numpy(),
+        correct_top1=correct1, predictions=predictions,
+        clip_benchmark=clip_benchmark_metrics(logits, lab, predictions),
     )
+
+
+def clip_benchmark_metrics(logits: torch.Tensor, labels: np.ndarray, predictions: np.ndarray) -> dict:
+    """``acc1``, ``acc5`` and ``mean_per_class_recall`` as clip_benchmark computes them."""
+    n_classes = logits.shape[1]
+    top = logits.topk(min(5, n_classes), dim=1).indices.numpy()
+    hits = top == labels[:, None]
+    acc1 = float(hits[:, 0].mean())
+    acc5 = float(hits.any(axis=1).mean()) if n_classes >= 5 else None
+    # sklearn's balanced_accuracy_score: the mean recall over the classes that occur in the labels
+    recalls = [float((predictions[labels == c] == c).mean()) for c in np.unique(labels)]
+    return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": float(np.mean(recalls)) if recalls else 0.0}
 
 
 def evaluate_zeroshot(model: Any, dataset: EvalDataset, templates: Sequence[str] | None = None,

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("jobs.commands.inspect", "terminal summary of a run directory"),
     "train": ("jobs.commands.train", "train the compact CLIP on WebDataset shards"),
     "eval": ("jobs.commands.evaluate", "zero-shot / retrieval / linear-probe evaluation of a checkpoint"),
+    "export": ("jobs.commands.export", "export a checkpoint for open_clip (model config, weights, tokenizer)"),
     "scaling": ("jobs.commands.scaling", "fit scaling laws E = beta * C^alpha across runs"),
     "experiment": ("jobs.commands.experiment", "experiments, e.g. balance-vs-random"),
 }

@@ -11,6 +11,13 @@ plain data (dicts, lists, tuples, str, numbers, None) and files are read with ``
 anything else is refused with an :class:`~curation.errors.InputError` naming the file.
 Files are read and written through a :class:`~curation.storage.Storage`, so a checkpoint may live
 on an object store.
+
+open_clip's conventions are understood too: weights under ``state_dict`` (open_clip's key, in its
+layout, with or without DDP's ``module.`` prefix) load like our ``model``; the trainer writes
+both keys (plus ``epoch`` and ``name``), so open_clip's ``load_checkpoint`` reads our files given the
+model config ``metacurate export --open-clip`` writes. A checkpoint folder's newest checkpoint is
+its highest ``step_<N>.pt``, else its highest ``epoch_<K>.pt`` (open_clip's names); a folder
+written by ``metacurate export --open-clip`` (``open_clip_config.json``) is read as a checkpoint.
 """
 from __future__ import annotations
 
@@ -27,53 +34,69 @@ from curation.errors import InputError
 from curation.storage import Storage, is_remote, join
 from training.data import eval_transform
 from training.model import CLIP, ModelConfig, gmacs_per_sample
+from training.openclip import CONFIG_FILE, from_openclip, load_export
 from training.tokenizer import tokenizer_from_json
 
 log = logging.getLogger(__name__)
 
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+_EPOCH_FILE = re.compile(r"epoch_(\d+|latest)\.pt$")
 #: What every checkpoint of ours holds (training checkpoints hold more, see ``TRAINING_KEYS``).
 MODEL_KEYS = ("model_config", "model", "tokenizer")
 TRAINING_KEYS = ("step", "optimizer", "scheduler", "data", "rng", "samples_seen", "compute_gmacs")
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, storage: Storage | None = None) -> str:
-    """Write ``state`` to ``path`` atomically (serialised in memory, then one atomic write), so a
-    crash never leaves half a file; returns the path written."""
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, storage: Storage | None = None,
+                    copies: tuple[str, ...] = ()) -> str:
+    """Write ``state`` to ``path`` (and to each of ``copies``) atomically (serialised in memory
+    once, then one atomic write per file), so a crash never leaves half a file; returns ``path``."""
     storage = storage or Storage.from_env()
     url = os.fspath(path)
     buf = io.BytesIO()
     torch.save(state, buf)
-    storage.write_bytes(url, buf.getvalue())
+    for target in (url, *copies):
+        storage.write_bytes(target, buf.getvalue())
     return url
 
 
 def list_checkpoints(directory: str | os.PathLike, storage: Storage | None = None) -> list[str]:
-    """``step_*.pt`` files of a run's checkpoint folder, oldest step first (empty if there is none)."""
+    """A checkpoint folder's ``step_<N>.pt`` files, oldest first; where there are none, its
+    ``epoch_<K>.pt`` files (open_clip's names; ``epoch_latest.pt`` last). Empty if there is none."""
     storage = storage or Storage.from_env()
     directory = os.fspath(directory)
     if not storage.isdir(directory):
         return []
-    found = []
-    for url in storage.glob(directory, "step_*.pt"):
-        m = _STEP_FILE.search(url.rsplit("/", 1)[-1])
-        if m:
-            found.append((int(m.group(1)), url))
-    return [url for _, url in sorted(found)]
+    steps, epochs = [], []
+    for url in storage.glob(directory, "*.pt"):
+        base = url.rsplit("/", 1)[-1]
+        if m := _STEP_FILE.fullmatch(base):
+            steps.append((int(m.group(1)), url))
+        elif m := _EPOCH_FILE.fullmatch(base):
+            epochs.append((float("inf") if m.group(1) == "latest" else int(m.group(1)), url))
+    return [url for _, url in sorted(steps or epochs)]
+
+
+def is_export_dir(url: str, storage: Storage) -> bool:
+    """A folder written by ``metacurate export --open-clip`` (open_clip's ``local-dir`` layout)."""
+    return storage.isdir(url) and storage.isfile(join(url, CONFIG_FILE))
 
 
 def resolve_checkpoint(path: str | os.PathLike, storage: Storage | None = None) -> str:
-    """A checkpoint file from a file path, a run dir (``OUT``) or its ``checkpoints`` folder (latest step)."""
+    """A checkpoint from a file path, an exported open_clip folder, or a run dir (``OUT``) or its
+    ``checkpoints`` folder (the newest checkpoint)."""
     storage = storage or Storage.from_env()
     url = os.fspath(path)
     if storage.isfile(url):
         return url
     if storage.isdir(url):
+        if is_export_dir(url, storage):
+            return url
         for directory in (join(url, "checkpoints"), url):
             found = list_checkpoints(directory, storage)
             if found:
                 return found[-1]
-    raise InputError(f"no checkpoint at {url} (expected a .pt file or a folder with checkpoints/step_*.pt)")
+    raise InputError(f"no checkpoint at {url} (expected a .pt file, a folder with checkpoints/step_*.pt or "
+                     "epoch_*.pt, or a folder written by `metacurate export --open-clip`)")
 
 
 def _refusal(exc: Exception) -> str:
@@ -93,6 +116,13 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu", storage: Stora
 
     storage = storage or Storage.from_env()
     url = resolve_checkpoint(path, storage)
+    if is_export_dir(url, storage):
+        state = load_export(url, storage)
+        missing = [k for k in require if k not in state]
+        if missing:
+            raise InputError(f"{url} is an exported model, not a training checkpoint written by "
+                             f"`metacurate train`: it lacks {missing}")
+        return state
     try:
         source: Any = io.BytesIO(storage.read_bytes(url)) if is_remote(url) else url
         state = torch.load(source, map_location=device, weights_only=True)
@@ -109,11 +139,22 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu", storage: Stora
     if not isinstance(state, dict):
         raise InputError(f"checkpoint {url} is not a metacurate checkpoint: it holds a "
                          f"{type(state).__name__}, not a dict of model config, weights and tokenizer")
+    if "model" not in state and isinstance(state.get("state_dict"), dict):
+        # open_clip's key and layout; everything downstream reads our layout under "model"
+        try:
+            state["model"] = from_openclip(state["state_dict"])
+        except InputError as exc:
+            raise InputError(f"checkpoint {url}: {exc}") from None
     missing = [k for k in require if k not in state]
     if missing:
         what = "a training checkpoint written by `metacurate train`" if set(require) & set(TRAINING_KEYS) \
             else "a metacurate checkpoint"
-        raise InputError(f"checkpoint {url} is not {what}: it lacks {missing}")
+        hint = ""
+        if "state_dict" in state and "model_config" in missing:
+            hint = (" (open_clip's own checkpoints hold no model config or tokenizer: copy the weights into a "
+                    "folder written by `metacurate export --open-clip` as open_clip_pytorch_model.bin and give "
+                    "that folder)")
+        raise InputError(f"checkpoint {url} is not {what}: it lacks {missing}{hint}")
     return state
 
 
@@ -135,8 +176,9 @@ class EvalCLIP:
     """The trained-model contract used by ``eval/`` (see the common brief)."""
 
     def __init__(self, model: CLIP, tokenizer, device: str = "cpu", samples_seen: int | None = None,
-                 compute_gmacs: float | None = None) -> None:
+                 compute_gmacs: float | None = None, name: str = "metacurate") -> None:
         self.model = model.eval()
+        self.name = name  # the model's name in clip_benchmark-style results (the --model it was trained as)
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         cfg = model.config
@@ -176,6 +218,9 @@ def load_for_eval(path: str | os.PathLike, device: str = "cpu", storage: Storage
     except Exception as exc:  # noqa: BLE001 - json and the tokenizers library raise various types
         raise InputError(f"checkpoint {url}: its tokenizer cannot be rebuilt ({str(exc)[:300]})") from None
     seen, gmacs = state.get("samples_seen"), state.get("compute_gmacs")
+    train_config = state.get("train_config")
+    trained_as = train_config.get("model") if isinstance(train_config, dict) else None
     return EvalCLIP(model, tokenizer, device,
                     samples_seen=int(seen) if isinstance(seen, (int, float)) else None,
-                    compute_gmacs=float(gmacs) if isinstance(gmacs, (int, float)) else None)
+                    compute_gmacs=float(gmacs) if isinstance(gmacs, (int, float)) else None,
+                    name=f"metacurate-{trained_as}" if isinstance(trained_as, str) else "metacurate")

@@ -3,6 +3,7 @@ command line builds ``metacurate train --help`` from them and a checkpoint's con
 through ``ModelConfig.from_dict``, none of which should pay torch's ~2 s import."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -65,47 +66,71 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
     return replace(CONFIGS[name], **overrides)
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
+#: ``auto``/``bf16``/``fp32`` are ours; ``amp``/``amp_bf16`` are open_clip's names (see TrainConfig.precision).
+PRECISIONS = ("auto", "bf16", "fp32", "amp", "amp_bf16")
+#: ``--resume`` values that mean "the newest checkpoint in --out, if any" (ours, open_clip's).
+RESUME_LATEST = ("auto", "latest")
+#: Steps when neither --steps nor --epochs is given.
+DEFAULT_STEPS = 1000
 
 
 @dataclass
 class TrainConfig:
     """Every setting of ``metacurate train``: the flags, their defaults and help are made from
-    these fields (``curation.settings.add_flags``), so each is written once."""
+    these fields (``curation.settings.add_flags``), so each is written once. Where open_clip's
+    trainer has the same setting under another name, that name is an alias of the flag."""
 
     shards: str = setting("", "shard brace pattern(s), a folder or a glob; several sources joined with '::' "
                               "(required)", metavar="PATTERN", aliases=("--train-data",))
     out: str = setting("", "output folder, local or s3://... (config.json, tokenizer.json, metrics.jsonl, "
-                           "checkpoints/) (required)", metavar="DIR")
+                           "tensorboard/, checkpoints/) (required)", metavar="DIR")
     model: str = setting("tiny", "model size", choices=sorted(CONFIGS))
-    steps: int = setting(1000, "total optimizer steps", minimum=1)
+    steps: int | None = setting(None, f"total optimizer steps; none: ceil(epochs x train-num-samples / global "
+                                      f"batch) with --epochs, else {DEFAULT_STEPS}", minimum=1)
+    epochs: int | None = setting(None, "passes over --train-num-samples samples; sets the steps to "
+                                       "ceil(epochs x train-num-samples / (batch-size x ranks)) (give it or "
+                                       "--steps, not both)", minimum=1)
+    train_num_samples: int | None = setting(None, "samples in one epoch (for --epochs, --save-frequency and "
+                                                  "the checkpoints' epoch); none: the total of the shards' "
+                                                  "sizes.json (which counts the whole pool: with "
+                                                  "--online-balance give the expected kept count)", minimum=1)
     batch_size: int = setting(64, "per-rank batch size", minimum=1)
     lr: float = setting(5e-4, "peak learning rate (after warmup)", minimum=0, finite=True)
-    weight_decay: float = setting(0.2, "AdamW weight decay", minimum=0, finite=True)
+    weight_decay: float = setting(0.2, "AdamW weight decay", minimum=0, finite=True, aliases=("--wd",))
     beta1: float = setting(0.9, "AdamW beta1", minimum=0, finite=True)
     beta2: float = setting(0.98, "AdamW beta2", minimum=0, finite=True)
     eps: float = setting(1e-6, "AdamW epsilon", minimum=0, finite=True)
-    warmup_steps: int | None = setting(None, "linear warmup steps; none: 10% of --steps (at most 2000)",
-                                       minimum=0)
+    warmup_steps: int | None = setting(None, "linear warmup steps; none: 10% of the steps (at most 2000)",
+                                       minimum=0, aliases=("--warmup",))
     grad_clip: float = setting(1.0, "max grad norm (0 disables)", minimum=0, finite=True)
-    mask_ratio: float = setting(0.0, "FLIP patch drop ratio, e.g. 0.5 or 0.75", minimum=0, finite=True)
+    mask_ratio: float = setting(0.0, "FLIP patch drop ratio, e.g. 0.5 or 0.75", minimum=0, finite=True,
+                                aliases=("--force-patch-dropout",))
     unmasked_steps: int = setting(0, "FLIP's unmasked tuning: the last N steps run at mask ratio 0", minimum=0)
-    save_every: int = setting(500, "checkpoint every N steps", minimum=1)
-    log_every: int = setting(10, "metrics.jsonl line every N steps", minimum=1)
-    seed: int = setting(0, "seed of the initialisation, data order, crops and masks")
+    save_every: int = setting(500, "checkpoint every N steps (checkpoints/step_<N>.pt)", minimum=1)
+    save_frequency: int | None = setting(None, "also write checkpoints/epoch_<K>.pt (open_clip's name) at the "
+                                               "end of every K-th epoch (and of the last with --epochs)", minimum=1)
+    log_every: int = setting(10, "metrics.jsonl line and TensorBoard scalars every N steps", minimum=1)
+    tensorboard: bool = setting(True, "write TensorBoard event files to OUT/tensorboard/ (loss, lr, logit "
+                                      "scale, temperature, throughput)")
+    seed: int = setting(0, "seed of the initialisation, data order, crops, masks and the online-balance draw")
     workers: int = setting(2, "data loader worker processes per rank", minimum=0)
     shuffle_buffer: int = setting(1000, "samples in the shuffle buffer of each data loader worker", minimum=0)
-    online_balance: bool = setting(False, "keep a sample iff u(seed+epoch, uid) < p_keep from its json "
+    online_balance: bool = setting(False, "keep a sample iff u(seed, epoch, uid) < p_keep from its json "
                                           "(re-draws the balanced subset every epoch)")
-    tokenizer: str = setting("bpe", "'bpe' (trained on the shards' captions), 'bytes', or a tokenizer.json file")
+    tokenizer: str = setting("bpe", "'bpe' (trained on the shards' captions), 'bytes', or a tokenizer.json file; "
+                                   "new tokenizers clean texts the way open_clip does (ftfy, HTML entities, "
+                                   "whitespace), so exported models tokenize alike")
     vocab_size: int = setting(4096, "BPE vocabulary size", minimum=1)
-    resume: str | None = setting(None, "a checkpoint file, a run dir, or 'auto' (the latest in --out, if any)")
-    stop_after: int | None = setting(None, "stop (with a checkpoint) at this step while keeping the --steps "
+    resume: str | None = setting(None, "a checkpoint file, a run dir, or 'latest' / 'auto' (the newest in --out, "
+                                       "if any)")
+    stop_after: int | None = setting(None, "stop (with a checkpoint) at this step while keeping the full "
                                            "schedule", minimum=1)
     threads: int | None = setting(None, "torch CPU threads", minimum=1)
     progress: bool = setting(True, "show the progress bar")
-    precision: str = setting("auto", "auto: bf16 autocast on GPU, fp32 on CPU; bf16 forces autocast (also on "
-                                     "CPU); weights and optimizer state stay fp32 either way", choices=PRECISIONS)
+    precision: str = setting("auto", "auto: bf16 autocast on GPU, fp32 on CPU; bf16 or amp_bf16: bf16 autocast "
+                                     "(also on CPU); amp: fp16 autocast with loss scaling on GPU (bf16 autocast "
+                                     "on CPU, which has no fp16 path worth using); fp32: no autocast. Weights "
+                                     "and optimizer state stay fp32 either way", choices=PRECISIONS)
 
     def validate(self) -> None:
         """Rules between fields and the ones a directly built config must meet too (``build``
@@ -117,18 +142,33 @@ class TrainConfig:
             raise SettingError("out", "is required: give the output folder (local or s3://...)")
         if self.model not in CONFIGS:
             raise SettingError("model", f"must be one of {sorted(CONFIGS)}, got {self.model!r}")
-        for key in ("steps", "batch_size", "save_every", "log_every"):
-            if getattr(self, key) < 1:
-                raise SettingError(key, f"must be positive, got {getattr(self, key)}")
+        for key in ("steps", "epochs", "train_num_samples", "batch_size", "save_every", "save_frequency",
+                    "log_every"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise SettingError(key, f"must be positive, got {value}")
+        if self.steps is not None and self.epochs is not None:
+            raise SettingError("epochs", f"and --steps both set the length of the run: give one of them "
+                                         f"(got --steps {self.steps} and --epochs {self.epochs})")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise SettingError("mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
-        if not 0 <= self.unmasked_steps <= self.steps:
+        if self.unmasked_steps < 0 or (self.steps is not None and self.unmasked_steps > self.steps):
             raise SettingError("unmasked_steps", f"must be between 0 and --steps ({self.steps}), "
                                                  f"got {self.unmasked_steps}")
         if self.precision not in PRECISIONS:
             raise SettingError("precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
         if self.workers < 0:
             raise SettingError("workers", f"must be >= 0, got {self.workers}")
+
+    def total_steps(self, samples_per_epoch: int | None, world_size: int = 1) -> int:
+        """The run's length in optimizer steps: ``--steps``, or ``ceil(epochs x samples / global
+        batch)`` with ``--epochs`` (``samples_per_epoch``: --train-num-samples, else sizes.json)."""
+        if self.epochs is None:
+            return self.steps if self.steps is not None else DEFAULT_STEPS
+        if not samples_per_epoch:
+            raise SettingError("epochs", "needs the number of samples in an epoch: give --train-num-samples "
+                                         "(the shards have no usable sizes.json)")
+        return max(1, math.ceil(self.epochs * samples_per_epoch / (self.batch_size * world_size)))
 
 
 def flag_of(key: str) -> str:

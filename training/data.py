@@ -8,9 +8,15 @@ Shards are read with the ``webdataset`` library's tar iterators (local paths, ``
 rank) is a pure function of ``(seed, epoch, consumer)``:
 
   shards shuffled by ``seed + epoch`` -> this consumer's shards (or every n-th sample when there
-  are fewer shards than consumers) -> online balancing (keep iff ``u(seed + epoch, uid) < p_keep``,
-  ARCHITECTURE.md, "Balancing") -> a seeded shuffle buffer -> decode (bad samples skipped and
-  counted) -> batches.
+  are fewer shards than consumers) -> online balancing (keep iff ``u(seed, epoch, uid) < p_keep``)
+  -> a seeded shuffle buffer -> decode (bad samples skipped and counted) -> batches.
+
+Online balancing draws each epoch's subset of the whole matched pool: a sample whose json holds
+``p_keep`` is kept in epoch ``e`` iff ``u < p_keep`` with ``u`` the balance stage's uniform draw
+(ARCHITECTURE.md, "Balancing") under a seed derived from ``(seed, epoch)`` by :func:`epoch_draw_seed`.
+The draw depends on nothing else (not on the worker, rank or shard order), every epoch's draw is
+independent of the others and of the offline balance draw, and no two ``(seed, epoch)`` pairs
+share one (``seed + epoch`` would make seed 0's epoch 1 seed 1's epoch 0).
 
 A consumer's position is ``(epoch, pos)`` with ``pos`` = samples taken from its shuffle buffer,
 counted *before* decoding; resuming replays the cheap part of the stream (tar reading) and skips
@@ -20,6 +26,7 @@ batch), so no rank ever runs dry under DDP.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -144,8 +151,21 @@ def decode_image(data: bytes, size: int) -> Image.Image:
 
 
 def eval_crop(image: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` and take the centre square (uint8 HWC)."""
-    return np.asarray(_square_crop(image.convert("RGB"), size, 1.0, 0.5, 0.5))
+    """Resize the shorter side to ``size`` (bicubic), then take the centre square (uint8 HWC).
+
+    The same arithmetic as open_clip's eval transform (torchvision ``Resize(size)`` on a PIL image,
+    then ``CenterCrop(size)``): the longer side becomes ``int(size * long / short)``, the crop
+    offset ``round((side - size) / 2)``, so an exported model sees the very same pixels in open_clip.
+    """
+    image = image.convert("RGB")
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
 def train_crop(image: Image.Image, size: int, rng: random.Random) -> np.ndarray:
@@ -169,6 +189,20 @@ def eval_transform(image: Image.Image, size: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- the stream
+def epoch_draw_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s online-balance draw: a 63-bit number hashed from both, so
+    every ``(seed, epoch)`` pair draws independently (and differently from the offline draw)."""
+    digest = hashlib.blake2b(f"online-balance\x1f{int(seed)}\x1f{int(epoch)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def keep_in_epoch(seed: int, epoch: int, uids: Sequence[str], p_keep: Sequence[float]) -> np.ndarray:
+    """Which samples epoch ``epoch`` keeps under online balancing (what the loader applies)."""
+    from curation.balancing import uniform_from_uids
+
+    return uniform_from_uids(epoch_draw_seed(seed, epoch), list(uids)) < np.asarray(p_keep, dtype=np.float64)
+
+
 @dataclass
 class LoaderConfig:
     shards: str | Sequence[str]
@@ -226,12 +260,14 @@ class _Consumer:
             yield from group_by_keys(tar_file_expander(opened, handler=self._handler), handler=self._handler)
 
     def _balanced(self, samples: Iterator[dict]) -> Iterator[dict]:
-        """Keep a sample iff ``uniform_from_uids(seed + epoch, uid) < p_keep`` (chunked, vectorised)."""
+        """Keep a sample iff its draw for ``(seed, epoch)`` is below its ``p_keep`` (chunked, vectorised)."""
         from curation.balancing import uniform_from_uids
+
+        draw_seed = epoch_draw_seed(self.cfg.seed, self.epoch)
 
         def flush(chunk: list[tuple[dict, str, float]]) -> Iterator[dict]:
             if chunk:
-                draws = uniform_from_uids(self.cfg.seed + self.epoch, [uid for _, uid, _ in chunk])
+                draws = uniform_from_uids(draw_seed, [uid for _, uid, _ in chunk])
                 for (sample, _, p), u in zip(chunk, draws):
                     if u < p:
                         yield sample

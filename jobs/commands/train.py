@@ -8,7 +8,18 @@ Examples:
   metacurate train --config run.yaml --shards 's3://b/run/shards/{000000..000009}.tar' --out s3://b/train
   torchrun --nproc_per_node 2 -m jobs.cli train ...                 # DDP
 
-Writes OUT/config.json, OUT/tokenizer.json, OUT/metrics.jsonl, OUT/checkpoints/step_<N>.pt.
+open_clip's flag names work too (each is an alias of ours, listed beside it below):
+  metacurate train --train-data 'RUN/shards/{000000..000009}.tar' --epochs 4 --batch-size 256 \
+      --lr 5e-4 --wd 0.2 --warmup 500 --force-patch-dropout 0.5 --precision amp --save-frequency 1 \
+      --resume latest --out RUN/train
+--epochs N sets the steps to ceil(N x train-num-samples / (batch-size x ranks)); --train-num-samples
+defaults to the shards' sizes.json total. --precision amp is fp16 autocast with loss scaling on a GPU
+(bf16 on a CPU), amp_bf16 is bf16 autocast.
+
+Writes OUT/config.json, OUT/tokenizer.json, OUT/metrics.jsonl, OUT/tensorboard/ (TensorBoard event
+files: `tensorboard --logdir OUT/tensorboard`), OUT/checkpoints/step_<N>.pt (with --save-frequency
+also epoch_<K>.pt). A checkpoint holds our keys and open_clip's (`state_dict` in open_clip's layout,
+`epoch`, `name`); `metacurate export --open-clip` writes the model config and tokenizer open_clip needs.
 --shards and --out may be object-store URLs; the S3 endpoint and keys come from the `storage:`
 section of --config (else from the usual AWS variables).
 """

@@ -137,7 +137,7 @@ def _datasets(run: Path) -> list[tuple[str, int | None]]:
     summ = {p.parent.name: json.loads(p.read_text()) for p in run.glob("*/_summary.json")}
     out = [("match", summ["match"]["out"]), ("count", summ["count"]["entries_matched"]),
            ("balance", summ["balance"]["out"]), ("metadata/entries.parquet", summ["metadata"]["out"]),
-           ("dedup/hashes", summ["dedup"]["in"]), ("dedup/overlap", summ["dedup"]["overlap_pairs"]),
+           ("dedup/hashes", summ["dedup"]["in"]), ("dedup/overlap", summ["dedup"]["overlap_pairs"] + summ["dedup"]["unconfirmed_pairs"]),
            ("dedup/eval_hashes", None), ("shards/manifest.parquet", summ["shards"]["out"])]
     folders = {"shard": "shards"}
     for rej in sorted((run / "rejects").iterdir()):

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from curation.balancing import keep_mask
-from training.data import LoaderConfig, TrainLoader, dataset_size, expand_shards
+from training.data import LoaderConfig, TrainLoader, dataset_size, expand_shards, keep_in_epoch
 from training.tokenizer import BPETokenizer, ByteTokenizer
 
 
@@ -86,7 +85,7 @@ def test_online_balancing_uses_the_deterministic_draw(tmp_path, make_shards):
         epochs[epoch].append(batch["texts"][0])
     del it
     for epoch in (0, 1):
-        expected = int(keep_mask(np.full(len(uids), 0.5), 7 + epoch, uids).sum())
+        expected = int(keep_in_epoch(7, epoch, uids, np.full(len(uids), 0.5)).sum())
         assert len(epochs[epoch]) == expected
     assert 10 < len(epochs[0]) < 70
     assert loader.counters()["balanced_out"] >= 80 - len(epochs[0])

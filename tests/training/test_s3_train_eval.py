@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
+from jobs.config import storage_for
+from training.tensorboard import read_events
 
 BUCKET = "metacurate-train-eval"
 
@@ -54,7 +56,7 @@ def test_train_resume_and_eval_on_s3_with_storage_from_config(moto_endpoint, no_
     assert main(["train", *common, "--steps", "3", "--stop-after", "2", "--save-every", "1"]) == 0
     assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{BUCKET}/train/checkpoints")) == ["step_1.pt", "step_2.pt"]
     assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{BUCKET}/train")) == [
-        "checkpoints", "config.json", "metrics.jsonl", "tokenizer.json"]
+        "checkpoints", "config.json", "metrics.jsonl", "tensorboard", "tokenizer.json"]
     capsys.readouterr()
     # resume: the latest step_N.pt is found on the bucket
     assert main(["train", *common, "--steps", "3", "--save-every", "1", "--resume", "auto"]) == 0
@@ -64,6 +66,12 @@ def test_train_resume_and_eval_on_s3_with_storage_from_config(moto_endpoint, no_
     rows = [json.loads(line) for line in fs.cat(f"{BUCKET}/train/metrics.jsonl").decode().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[-1]["data"]["samples"] >= 8 and rows[-1]["data"]["bad_shards"] == 0
+    # TensorBoard: object stores cannot append, so each run wrote its own event file whole
+    events = sorted(fs.ls(f"{BUCKET}/train/tensorboard"))
+    assert len(events) == 2
+    steps = [e.step for path in events for e in read_events(f"s3://{path}", storage_for(str(config)))
+             if e.scalars]
+    assert sorted(steps) == [1, 2, 3]
 
     results = f"s3://{BUCKET}/eval/results.json"
     rc = main(["eval", "--config", str(config), "--checkpoint", out, "--zeroshot", "digits",
