@@ -59,6 +59,8 @@ def _make_run_config() -> type:
     for stage in STAGES:
         if stage.section:
             fields.append((stage.section, stage.Config, section(stage.Config, stage.section_doc)))
+        for name, (cls, doc) in stage.extra_sections.items():
+            fields.append((name, cls, section(cls, doc)))
     fields.append(("max_failed_fraction", float, setting(
         0.2, "a stage fails (exit 1, no _SUCCESS) when more than this share of its input is rejected for a "
              "failure of the tool or the infrastructure (unreadable files, failed download shards, connection "

@@ -32,10 +32,10 @@ from curation import balancing
 from curation.errors import InputError
 from curation.matching import load_metadata_json
 from curation.storage import Storage
+from curation.textrules import RULES
 
 log = logging.getLogger(__name__)
 
-RULES = ("metaclip1",)
 
 
 def _entries(metadata: str | Sequence[str], storage: Storage | None) -> list[str]:
@@ -129,7 +129,7 @@ def match(df, metadata: str | Sequence[str], *, text_col: str = "text", url_col:
         raise InputError("the DataFrame already has an `entry_ids` (or a `uid` besides uid_col) column; drop or "
                          "rename it first")
     entries = _entries(metadata, storage)
-    meta = compile_matcher(entries)
+    meta = compile_matcher(entries, rule)
     df.sparkSession.sparkContext.addFile(meta["matcher_local"])
     task = {**meta, "text_col": text_col, "url_col": url_col, "uid_col": uid_col,
             "max_text_bytes": int(max_text_bytes), "keep_unmatched": bool(keep_unmatched)}

@@ -4,8 +4,9 @@ entries are dead weight.
 Under parity normalisation an entry ``e`` matches when ``" " + e + " "`` occurs in the normalised
 text. Hence:
 
-* ``wrapped_char``: ``e`` contains one of ``WRAPPED_CHARS``; the text always has that character
-  wrapped in spaces, the entry never does -> can never match.
+* ``wrapped_char``: ``e`` contains one of ``WRAPPED_CHARS`` without a space each side of it; the
+  text always has that character wrapped in spaces, so it can never match (``"a . b"`` can:
+  ``"a.b"`` in a caption becomes ``" a . b "``). The test is ``curation.matching.never_matches``.
 * ``control_char``: ``e`` contains a tab, newline or CR; the text never does -> can never match.
 * ``empty``: the empty entry (would match every single space) -> rejected.
 * ``edge_space`` / ``double_space``: leading/trailing or doubled spaces; such an entry only
@@ -17,16 +18,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from curation.matching import SPACED_CHARS, WRAPPED_CHARS
+from curation.matching import SPACED_CHARS, WRAPPED_CHARS, never_matches
 
 NEVER_MATCH = ("wrapped_char", "control_char", "empty")
 FINDINGS = NEVER_MATCH + ("edge_space", "double_space", "one_char", "duplicate")
 
 
-def entry_findings(entry: str) -> list[str]:
-    """The lint findings (names from ``FINDINGS`` minus ``duplicate``) of one entry."""
+def entry_findings(entry: str, rule: str = "metaclip1") -> list[str]:
+    """The lint findings (names from ``FINDINGS`` minus ``duplicate``) of one entry under ``rule``."""
     found = []
-    if any(c in entry for c in WRAPPED_CHARS):
+    if entry and any(c in entry for c in WRAPPED_CHARS) and not any(c in entry for c in SPACED_CHARS) \
+            and never_matches(entry, rule):
         found.append("wrapped_char")
     if any(c in entry for c in SPACED_CHARS):
         found.append("control_char")
@@ -42,7 +44,7 @@ def entry_findings(entry: str) -> list[str]:
 
 
 def lint_entries(entries: Sequence[str], sources: Sequence[str] | None = None,
-                 max_examples: int = 20) -> dict:
+                 max_examples: int = 20, rule: str = "metaclip1") -> dict:
     """Counts and first examples per finding, also split by source when ``sources`` is given."""
     counts = {name: 0 for name in FINDINGS}
     examples: dict[str, list] = {name: [] for name in FINDINGS}
@@ -50,7 +52,7 @@ def lint_entries(entries: Sequence[str], sources: Sequence[str] | None = None,
     never = 0
     seen: set[str] = set()
     for i, entry in enumerate(entries):
-        found = entry_findings(entry)
+        found = entry_findings(entry, rule)
         if entry in seen:
             found.append("duplicate")
         seen.add(entry)

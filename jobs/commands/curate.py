@@ -18,7 +18,7 @@ from curation.settings import add_flags, flag_values
 #: The config keys `curate` takes as flags (the flag names and help come from the fields).
 KEYS = ["pool.path", "metadata.path", "run_dir", "balance.t", "balance.target_size", "balance.seed",
         "pool.url_col", "pool.text_col", "pool.uid_col", "pool.max_text_bytes", "pool.rows_per_unit",
-        "pool.on_bad_file", "pool.check_duplicate_uids", "spark.master"]
+        "pool.on_bad_file", "pool.check_duplicate_uids", "match.rule", "spark.master"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

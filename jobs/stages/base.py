@@ -54,6 +54,8 @@ class Stage:
     section: ClassVar[str | None] = None
     Config: ClassVar[type | None] = None
     section_doc: ClassVar[str] = ""
+    #: More config sections the stage owns: ``{name: (dataclass, doc)}`` (fingerprinted too).
+    extra_sections: ClassVar[dict[str, tuple[type, str]]] = {}
     #: Reject reasons that mean the tool or the infrastructure failed on a row (an unreadable file,
     #: a failed download shard, a connection error), not a curation decision. When more than
     #: ``max_failed_fraction`` of the input fails so, the stage fails instead of completing.
@@ -155,7 +157,9 @@ def stage_fingerprint(stage: Stage, ctx: StageContext) -> str:
         ups.append(done.get("output_id") or done.get("fingerprint"))
     settings = ctx.settings(stage)
     section = stage.fingerprint_settings(settings) if settings is not None else None
-    return fingerprint(stage.name, stage.version, ups, section, stage.inputs(ctx))
+    extra = {name: dataclasses.asdict(getattr(ctx.cfg, name)) for name in stage.extra_sections} or None
+    parts = [stage.name, stage.version, ups, section, stage.inputs(ctx)] + ([extra] if extra else [])
+    return fingerprint(*parts)
 
 
 def reconcile(name: str, summary: dict) -> dict:

@@ -33,7 +33,8 @@ import pyarrow.compute as pc
 from curation.errors import InputError
 from curation.fastmatch import COMPILED_FORMAT, FastMatcher
 from curation.hashing import string_hash64
-from curation.matching import entries_fingerprint
+from curation.matching import matcher_fingerprint
+from curation.textrules import DEFAULT_RULE, RULES
 from curation.rundir import StageDir, parquet_rows, reason_counts, reject_table
 from curation.settings import SettingError, setting
 from curation.storage import Storage
@@ -87,6 +88,14 @@ class PoolConfig:
                                           f"{mapped}")
 
 
+@dataclass
+class MatchConfig:
+    rule: str = setting("metaclip1", "matching rule: 'metaclip1' (MetaCLIP: every entry padded with spaces) or "
+                                     "'metaclip2' (MetaCLIP 2 worldwide: captions stripped; an entry side whose "
+                                     "edge is punctuation or a CJK/Thai/Lao/Burmese/Khmer/Tibetan character is not "
+                                     "padded)", choices=RULES, flag="--match-rule")
+
+
 class MatchStage(Stage):
     name = "match"
     help = "substring-match pool captions against the metadata entries"
@@ -94,6 +103,7 @@ class MatchStage(Stage):
     section = "pool"
     Config = PoolConfig
     section_doc = "the input pool and how the match stage reads it"
+    extra_sections = {"match": (MatchConfig, "substring matching")}
     failure_reasons = ("unreadable_file", "unreadable_rows")
 
     def check(self, ctx: StageContext) -> None:
@@ -109,7 +119,7 @@ class MatchStage(Stage):
 
     def run(self, ctx: StageContext, out: StageDir) -> dict:
         s: PoolConfig = ctx.settings(self)
-        meta = ship_matcher(ctx)
+        meta = ship_matcher(ctx, ctx.cfg.match.rule)
         units, bad = plan_units(s, ctx.storage)
         if bad:
             log.warning("match: skipping %d unreadable pool file(s): %s", len(bad), [b["path"] for b in bad])
@@ -262,28 +272,29 @@ def plan_units(s: PoolConfig, storage: Storage) -> tuple[list[dict], list[dict]]
 
 
 # =========================================================================== the matcher
-def ship_matcher(ctx: StageContext) -> dict:
+def ship_matcher(ctx: StageContext, rule: str = DEFAULT_RULE) -> dict:
     """Compile the FastMatcher for the run's metadata once, on the driver, and ship the file to the
     executors: every worker then maps it in milliseconds instead of building it (about a second and
     half a GB of scratch per worker for 500k entries), and workers on one host share its pages."""
-    meta = compile_matcher(metadata.load_entries(ctx.dir(metadata.MetadataStage)))
+    meta = compile_matcher(metadata.load_entries(ctx.dir(metadata.MetadataStage)), rule)
     ctx.spark.sparkContext.addFile(meta["matcher_local"])
     return meta
 
 
-def compile_matcher(entries: list[str]) -> dict:
-    """The compiled matcher file for ``entries`` (cached in the temp dir by content fingerprint and
-    format) and what tasks need to find it."""
-    fp = entries_fingerprint(entries)
+def compile_matcher(entries: list[str], rule: str = DEFAULT_RULE) -> dict:
+    """The compiled matcher file for ``entries`` under ``rule`` (cached in the temp dir by content
+    fingerprint and format) and what tasks need to find it."""
+    fp = matcher_fingerprint(entries, rule)
     local_dir = os.path.join(tempfile.gettempdir(), "metacurate-metadata")
     os.makedirs(local_dir, exist_ok=True)
     name = f"matcher-{fp}-v{COMPILED_FORMAT}.bin"
     local = os.path.join(local_dir, name)
     if not os.path.exists(local):
         t0 = time.perf_counter()
-        FastMatcher(entries, fingerprint=fp).save(local)
+        FastMatcher(entries, fingerprint=fp, rule=rule).save(local)
         log.info("match: compiled the matcher for %s entries in %.1fs", f"{len(entries):,}", time.perf_counter() - t0)
-    return {"metadata_fingerprint": fp, "n_entries": len(entries), "matcher_name": name, "matcher_local": local}
+    return {"metadata_fingerprint": fp, "n_entries": len(entries), "matcher_name": name, "matcher_local": local,
+            "rule": rule}
 
 
 def _executor_matcher(task_ctx: dict):
@@ -296,7 +307,7 @@ def _executor_matcher(task_ctx: dict):
         from pyspark import SparkFiles
 
         local = SparkFiles.get(task_ctx["matcher_name"])
-    return load_fast_matcher(local, task_ctx["metadata_fingerprint"])
+    return load_fast_matcher(local, task_ctx["metadata_fingerprint"], rule=task_ctx.get("rule", DEFAULT_RULE))
 
 
 # =========================================================================== one unit

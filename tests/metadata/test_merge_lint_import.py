@@ -43,10 +43,13 @@ def test_lint_findings():
     assert entry_findings("tab\there") == ["control_char"]
     assert entry_findings("") == ["empty"]
     assert entry_findings("hot dog") == []
+    # "?" alone can match ("what?" becomes " what ? "), and so can "a . b" ("a.b" becomes " a . b ")
+    assert entry_findings("?") == ["one_char"] and entry_findings("a . b") == []
     report = lint_entries(["dog", "Washington, D.C.", "dog", "?", "x"], ["a", "t", "t", "t", "a"])
-    assert report["counts"]["wrapped_char"] == 2 and report["counts"]["duplicate"] == 1
-    assert report["never_match"] == 2
-    assert report["by_source"] == {"a": {"one_char": 1}, "t": {"duplicate": 1, "one_char": 1, "wrapped_char": 2}}
+    assert report["counts"]["wrapped_char"] == 1 and report["counts"]["duplicate"] == 1
+    assert report["never_match"] == 1
+    assert report["by_source"] == {"a": {"one_char": 1}, "t": {"duplicate": 1, "one_char": 1, "wrapped_char": 1}}
+    assert lint_entries(["c++", "(dog)"], rule="metaclip2")["never_match"] == 0
     assert report["examples"]["duplicate"] == [{"entry_id": 2, "entry": "dog"}]
 
 
