@@ -156,7 +156,7 @@ def test_pageview_decoding_and_rebuild_only_when_an_input_changes(spark, tmp_pat
     assert dict(zip(t["entry"], t["score"])) == {"Café": 115.0, "Caf%E9": 80.0}
     assert {k: report["pageviews"][k] for k in ("percent_decoded", "undecodable")} == {
         "percent_decoded": 2, "undecodable": 1}
-    marker = (out / "_SUCCESS").read_bytes()
+    marker = json.loads((out / "_SUCCESS").read_bytes())["fingerprint"]
     stamp = (out / "_SUCCESS").stat().st_mtime_ns
     # unchanged inputs and settings: skipped (no Spark needed), outputs untouched
     assert build_metadata(None, str(out), None, None, str(pv_dir), **cfg) == report
@@ -165,7 +165,7 @@ def test_pageview_decoding_and_rebuild_only_when_an_input_changes(spark, tmp_pat
     build_metadata(spark, str(out), None, None, str(pv_dir), pageview_min_total_views=100)
     assert _entries(out)["entry"] == ["Café"]
     build_metadata(spark, str(out), None, None, str(pv_dir), **cfg)
-    assert (out / "_SUCCESS").read_bytes() == marker
+    assert json.loads((out / "_SUCCESS").read_bytes())["fingerprint"] == marker  # back to the first settings
     # the file rewritten in place (a later mtime): rebuilt
     write_pageviews(str(hour), [("en", "Café", 90), ("en", "Caf%C3%A9", 55), ("en", "Caf%E9", 80),
                                 ("en", "Special%3ARandom", 500)])
