@@ -221,3 +221,65 @@ def solve_t_local(matches: Sequence[Sequence[int]], n_entries: int, target: floa
 def uid_from_url(url: str) -> str:
     """Stable uid for rows that have none (MetaCLIP: ``sha224(url)[:24]``)."""
     return hashlib.sha224(url.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- per language (MetaCLIP 2)
+def t_to_p(counts: np.ndarray, t: float) -> float:
+    """The tail proportion of a threshold: the share of all matches held by entries whose count is
+    below ``t`` (MetaCLIP 2's definition: the tail is ``count < t``)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return 0.0
+    return float(counts[counts < t].sum() / total)
+
+
+def p_to_t(counts: np.ndarray, p: float) -> float:
+    """The threshold whose tail proportion is closest to ``p``: counts sorted ascending, their
+    cumulative share of all matches, and the count where that share is nearest ``p`` (MetaCLIP 2's
+    inverse of :func:`t_to_p`; ties go to the smaller count). Zero counts take part as they do there."""
+    if not 0.0 <= p <= 1.0:
+        raise InputError(f"a tail proportion is between 0 and 1, got {p!r}")
+    counts = np.sort(np.asarray(counts, dtype=np.int64))
+    total = int(counts.sum())
+    if total == 0:
+        raise InputError("no matches in these counts: no threshold can be derived from them")
+    share = np.cumsum(counts, dtype=np.float64) / total
+    return float(counts[int(np.abs(share - p).argmin())])
+
+
+def thresholds_per_language(counts: np.ndarray, langs: np.ndarray, *, t: float | None = None,
+                            tail_p: float | None = None, reference: str = "en") -> dict[str, float]:
+    """Each language's t, as MetaCLIP 2 sets them: the reference language (English) keeps ``t``; its
+    tail proportion ``p = t_to_p(counts_ref, t)`` gives every other language
+    ``t_lang = p_to_t(counts_lang, p)``. With ``tail_p`` every language, the reference included,
+    gets ``p_to_t(counts_lang, tail_p)``. Without the reference language in the metadata, ``t``
+    applies to every language as it is. ``counts`` and ``langs`` are per entry."""
+    counts = np.asarray(counts, dtype=np.int64)
+    langs = np.asarray(langs)
+    names = sorted(set(langs.tolist()))
+    out: dict[str, float] = {}
+    if tail_p is not None:
+        for lang in names:
+            c = counts[langs == lang]
+            out[lang] = p_to_t(c, tail_p) if c.sum() else 1.0
+        return out
+    if t is None:
+        raise InputError("give t (the reference language's threshold) or tail_p")
+    if reference not in names:
+        return {lang: float(t) for lang in names}
+    p = t_to_p(counts[langs == reference], t)
+    for lang in names:
+        c = counts[langs == lang]
+        out[lang] = float(t) if lang == reference else (p_to_t(c, p) if c.sum() else float(t))
+    return out
+
+
+def entry_probabilities_per_language(counts: np.ndarray, langs: np.ndarray, ts: dict[str, float]) -> np.ndarray:
+    """``p[e] = min(1, t_lang(e) / count[e])`` (1 for entries never matched)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    t_of = np.array([ts[lang] for lang in np.asarray(langs).tolist()], dtype=np.float64)
+    p = np.ones(counts.shape, dtype=np.float64)
+    nz = counts > 0
+    p[nz] = np.minimum(1.0, t_of[nz] / counts[nz])
+    return p

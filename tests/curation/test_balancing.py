@@ -112,3 +112,29 @@ def test_sweep_matches_the_per_t_definition_and_uid_array_draw_matches():
     many = [f"uid-{i}" for i in range(20_000)] + ["", "x" * 200]  # slices of 8192, empty, > one block
     assert B.uniform_from_uid_array(9, pa.chunked_array([pa.array(many[:5]), pa.array(many[5:])])).tolist() == [
         B.uniform_from_uid(9, u) for u in many]
+
+
+def test_tail_proportion_and_its_inverse_follow_metaclip2():
+    from curation.balancing import p_to_t, t_to_p, thresholds_per_language
+
+    counts = np.array([0, 1, 2, 3, 10, 50, 100, 1000], dtype=np.int64)
+    total = counts.sum()
+    assert t_to_p(counts, 10) == pytest.approx((1 + 2 + 3) / total)  # the tail is count < t
+    assert t_to_p(counts, 11) == pytest.approx((1 + 2 + 3 + 10) / total)
+    # p_to_t: the count whose cumulative share is nearest p
+    share = np.cumsum(np.sort(counts)) / total
+    for p in (0.0, 0.01, 0.05, 0.1, 0.5, 0.9, 1.0):
+        assert p_to_t(counts, p) == np.sort(counts)[np.abs(share - p).argmin()]
+    # round trip on a smooth Zipf-like distribution lands near the threshold
+    zipf = (10_000 / np.arange(1, 5000)).astype(np.int64)
+    t = 300.0
+    assert abs(p_to_t(zipf, t_to_p(zipf, t)) - t) / t < 0.05
+    # the reference language keeps t; the others share its tail proportion
+    counts2 = np.concatenate([zipf, zipf * 10])  # "de": the same shape, ten times the matches
+    langs = np.array(["en"] * len(zipf) + ["de"] * len(zipf))
+    ts = thresholds_per_language(counts2, langs, t=t)
+    assert ts["en"] == t and ts["de"] == 10 * p_to_t(zipf, t_to_p(zipf, t))
+    assert thresholds_per_language(counts2, langs, tail_p=0.5)["en"] == p_to_t(zipf, 0.5)
+    assert thresholds_per_language(counts2, np.array(["fr"] * len(counts2)), t=t) == {"fr": t}  # no reference
+    with pytest.raises(InputError):
+        p_to_t(counts, 1.5)
