@@ -14,6 +14,7 @@ import torch
 
 from curation.storage import Storage
 from eval.datasets import EvalDataset, load_dataset
+from eval.diagnostics import embedding_health
 from eval.features import as_numpy, check_model, encode_images, encode_texts
 from eval.linear_probe import evaluate_linear_probe
 from eval.overlap import accuracy_with_without, load_overlap, overlap_mask, overlapping_keys
@@ -77,11 +78,23 @@ def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
     def record(ds: EvalDataset, task: str, metrics: dict) -> None:
         results["clip_benchmark"].append(clip_benchmark_record(ds, task, metrics, model_name, checkpoint))
 
+    health: dict[str, dict] = {}
+
+    def check_health(ds: EvalDataset, feats, predictions=None) -> None:
+        if ds.name in health and predictions is None:
+            return
+        h = embedding_health(as_numpy(feats), predictions, len(getattr(ds, "classnames", None) or []))
+        health[ds.name] = h
+        if h["collapsed"]:
+            log.warning("%s: the model looks collapsed: %s; its scores measure the label distribution, "
+                        "not the model (train longer or check the data)", ds.name, h["why"])
+
     for spec in plan.zeroshot:
         ds = _load(plan, spec, size, storage)
         feats = _features(plan, spec, model, ds)
         embed_dim = int(feats.shape[1])
         r = evaluate_zeroshot(model, ds, plan.templates or ds.templates, image_features=feats)
+        check_health(ds, feats, r.predictions)
         out = r.to_json()
         record(ds, "zeroshot_classification", r.clip_benchmark)
         if overlap_table is not None:
@@ -96,6 +109,7 @@ def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
         texts, owner = flatten_captions(ds.captions)
         txt = encode_texts(model, texts)
         r = retrieval_from_features(feats, txt, owner, dataset=ds.name)
+        check_health(ds, feats)
         out = r.to_json()
         record(ds, "zeroshot_retrieval", clip_benchmark_recalls(r))
         if overlap_table is not None:
@@ -116,6 +130,7 @@ def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
         ds = _load(plan, spec, size, storage)
         feats = _features(plan, spec, model, ds)
         embed_dim = int(feats.shape[1])
+        check_health(ds, feats)
         r = evaluate_linear_probe(model, ds, seed=plan.seed, features=as_numpy(feats))
         out = r.to_json()
         if overlap_table is not None:
@@ -124,6 +139,8 @@ def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
         results["linear_probe"][ds.name] = out
 
     results["model"]["embed_dim"] = embed_dim
+    results["diagnostics"] = health
+    results["collapsed"] = sorted(name for name, h in health.items() if h["collapsed"])
     return results
 
 
