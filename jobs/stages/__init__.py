@@ -13,13 +13,14 @@ from typing import Any, Callable, Sequence
 
 from curation.errors import InputError
 from curation.rundir import RunDir, RunLock
-from jobs.stages import balance, count, dedup, download, match, metadata, shard
+from jobs.stages import balance, count, dedup, download, lid, match, metadata, shard
 from jobs.stages.base import Stage, StageContext, execute
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[Stage, ...] = (
     metadata.STAGE,
+    lid.STAGE,
     match.STAGE,
     count.STAGE,
     balance.STAGE,

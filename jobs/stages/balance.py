@@ -21,10 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import balancing
+from curation.errors import InputError
 from curation.rundir import StageDir, parquet_rows, reject_table
 from curation.settings import SettingError, setting
 from curation.storage import Storage
-from jobs.stages import count, match
+from jobs.stages import count, match, metadata
 from jobs.stages.base import (
     PhaseClock,
     Stage,
@@ -58,12 +59,22 @@ class BalanceConfig:
     online: bool = setting(False, "write every (downloaded, deduped) matched row to the shards with its p_keep "
                                   "instead of drawing once: `metacurate train --online-balance` then draws a "
                                   "fresh balanced subset every epoch, u(seed, epoch, uid) < p_keep")
+    tail_p: float | None = setting(None, "MetaCLIP 2: instead of t, give every metadata language the threshold "
+                                         "whose tail (entries matched fewer than t times) holds this share of "
+                                         "that language's matches", minimum=0, finite=True)
+    reference_lang: str = setting("en", "with several metadata languages and t: the language that keeps t; every "
+                                        "other language gets the t with the same tail proportion (MetaCLIP 2)")
 
     def validate(self) -> None:
         if self.target_size is not None:
             self.t = None
-        if self.t is None and self.target_size is None:
-            raise SettingError("t", "or `balance.target_size` must be set")
+        if self.tail_p is not None:
+            if not 0 < self.tail_p <= 1:
+                raise SettingError("tail_p", f"is a share of matches, in (0, 1], got {self.tail_p}")
+            if self.target_size is not None:
+                raise SettingError("tail_p", "and `balance.target_size` both set the thresholds: give one")
+        if self.t is None and self.target_size is None and self.tail_p is None:
+            raise SettingError("t", "or `balance.target_size` (or `balance.tail_p`) must be set")
         if self.t is not None and not self.t > 0:
             raise SettingError("t", f"must be > 0, got {self.t}")
         if self.mode == "random" and (self.after != "match" or self.online):
@@ -97,6 +108,8 @@ class BalanceStage(Stage):
         max_count = int(counts.max()) if counts.size else 1
         t = s.t
         uniform_p = None
+        langs, per_lang_mode = language_mode(ctx, s, n_entries)
+        per_lang = None
         if s.mode == "random":
             uniform_p = min(1.0, s.target_size / max(match_summary["out"], 1))
             t = float(max_count)  # reported only; every row gets uniform_p
@@ -106,7 +119,14 @@ class BalanceStage(Stage):
             t = float(balancing.solve_t(lambda ts: _expected_kept(ctx.spark, files, counts_bc, ts, ctx.storage),
                                         s.target_size, max_count))
             log.info("balance: t = %s", t)
-        prob = balancing.entry_probabilities(counts, t)
+        if per_lang_mode:
+            per_lang, prob, t, t_of_entry = per_language_probabilities(s, counts, langs)
+        else:
+            if s.tail_p is not None and s.mode == "metaclip":
+                t = float(balancing.p_to_t(counts, s.tail_p))
+                log.info("balance: t = %s (tail proportion %s)", t, s.tail_p)
+            prob = balancing.entry_probabilities(counts, t)
+            t_of_entry = np.full(counts.shape, t, dtype=np.float64)
         p_bc = sc.broadcast(prob)
         ts = sorted(set(np.unique(np.geomspace(1, max(max_count, 2), s.sweep_points).round()).tolist()) | {float(t)})
         units = [{"unit": match._unit_of(f), "path": f} for f in files]
@@ -118,7 +138,8 @@ class BalanceStage(Stage):
         seconds = {"units": round(time.perf_counter() - t0, 3)}
         total = merge_unit_summaries(results)
         sweep = np.sum([r["sweep"] for r in results], axis=0) if results else np.zeros(len(ts))
-        ctx.storage.write_json(out.path(T_SWEEP), {"t": ts, "expected_kept": sweep.tolist(), "chosen_t": t})
+        ctx.storage.write_json(out.path(T_SWEEP), {"t": ts, "expected_kept": sweep.tolist(), "chosen_t": t,
+                                                   "per_language": per_lang is not None})
         kept_counts = count.counts_array(ctx.spark, out.part_files(), n_entries, ctx.storage)
         nz = np.flatnonzero(kept_counts)
         ctx.storage.write_parquet(pa.table({"entry_id": pa.array(nz.astype(np.int32)),
@@ -128,7 +149,9 @@ class BalanceStage(Stage):
                 "after": s.after, "online": s.online,
                 "pool": match_summary["in"], "matched": total["in"],
                 "expected_kept": float(sum(r["expected_kept"] for r in results)), "kept": total["out"],
-                "head_entries": int((counts > t).sum()), "tail_entries": int((matched & (counts <= t)).sum()),
+                "head_entries": int((counts > t_of_entry).sum()),
+                "tail_entries": int((matched & (counts <= t_of_entry)).sum()),
+                **({"per_language": _per_language(per_lang, counts, langs, results)} if per_lang else {}),
                 "seconds": seconds}
 
 
@@ -140,6 +163,59 @@ class BalanceStage(Stage):
 
 
 STAGE = BalanceStage()
+
+
+def language_mode(ctx: StageContext, s: BalanceConfig, n_entries: int) -> tuple[np.ndarray | None, bool]:
+    """The entries' languages and whether thresholds are set per language (MetaCLIP 2): several
+    metadata languages, or ``tail_p`` given, under ``mode: metaclip``."""
+    langs = entry_languages(ctx, n_entries)
+    per_lang = langs is not None and s.mode == "metaclip" and (s.tail_p is not None or len(set(langs.tolist())) > 1)
+    if per_lang and s.target_size is not None:
+        raise InputError("balance.target_size solves one t, but the metadata has entries in "
+                         f"{len(set(langs.tolist()))} languages: give `balance.t` (the "
+                         f"{s.reference_lang!r} threshold) or `balance.tail_p` instead")
+    return langs, per_lang
+
+
+def per_language_probabilities(s: BalanceConfig, counts: np.ndarray, langs: np.ndarray
+                               ) -> tuple[dict[str, float], np.ndarray, float, np.ndarray]:
+    """Per-language thresholds, entry probabilities, the reference language's t and each entry's t."""
+    per_lang = balancing.thresholds_per_language(counts, langs, t=s.t, tail_p=s.tail_p, reference=s.reference_lang)
+    log.info("balance: per-language thresholds %s", ", ".join(f"{k}={v:g}" for k, v in sorted(per_lang.items())))
+    prob = balancing.entry_probabilities_per_language(counts, langs, per_lang)
+    t = float(per_lang.get(s.reference_lang, s.t if s.t is not None else max(per_lang.values())))
+    t_of_entry = np.array([per_lang[x] for x in langs.tolist()], dtype=np.float64)
+    return per_lang, prob, t, t_of_entry
+
+
+def entry_languages(ctx: StageContext, n_entries: int) -> np.ndarray | None:
+    """Each entry id's language (``entries.parquet``'s ``lang``), or None when the metadata has none."""
+    table = metadata.entries_table_of(ctx.dir(metadata.MetadataStage))
+    if "lang" not in table.column_names:
+        return None
+    ids = table.column("entry_id").to_numpy()
+    langs = np.full(n_entries, "", dtype=object)
+    langs[ids] = np.asarray(table.column("lang").to_pylist(), dtype=object)
+    return langs
+
+
+def _per_language(ts: dict, counts: np.ndarray, langs: np.ndarray, results: list[dict]) -> dict:
+    """Per language: its t, entries, head entries and matched / kept rows."""
+    rows_in: dict = {}
+    rows_kept: dict = {}
+    for r in results:
+        for k, v in r.get("lang_in", {}).items():
+            rows_in[k] = rows_in.get(k, 0) + v
+        for k, v in r.get("lang_kept", {}).items():
+            rows_kept[k] = rows_kept.get(k, 0) + v
+    out = {}
+    for lang, t in sorted(ts.items()):
+        c = counts[langs == lang]
+        out[lang] = {"t": float(t), "entries": int(c.size), "matched_entries": int((c > 0).sum()),
+                     "head_entries": int((c > t).sum()), "matches": int(c.sum()),
+                     "tail_proportion": balancing.t_to_p(c, t),
+                     "rows_in": int(rows_in.get(lang, 0)), "rows_kept": int(rows_kept.get(lang, 0))}
+    return out
 
 
 def kept_counts_url(d: StageDir) -> str:
@@ -201,5 +277,12 @@ def _balance_unit(unit: dict, task_ctx: dict) -> dict:
     summary = {"unit": unit["unit"], "in": table.num_rows, "out": kept.num_rows,
                "rejected": {"balanced_out": int(len(drop))} if len(drop) else {},
                "expected_kept": float(pk.sum()), "sweep": sweep, "phases": clock.as_dict()}
+    if "lang" in table.column_names:
+        summary["lang_in"] = _value_counts(table.column("lang"))
+        summary["lang_kept"] = _value_counts(kept.column("lang"))
     out.write_unit(unit["unit"], summary)
     return summary
+
+
+def _value_counts(col) -> dict:
+    return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(col.combine_chunks()).to_pylist()}

@@ -23,6 +23,7 @@ a re-run after a crash runs only the units without a marker: no duplicates, no h
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -31,8 +32,12 @@ from typing import Any, Callable, ClassVar
 
 from curation.errors import InputError
 from curation.rundir import RunDir, StageDir, fingerprint
+from curation.storage import relative
 
 log = logging.getLogger(__name__)
+
+#: Input files inside the run directory up to this size are fingerprinted by content.
+STAMP_CONTENT_BYTES = 64 << 20
 
 
 class StageError(RuntimeError):
@@ -136,6 +141,18 @@ class StageContext:
         if not stage.section:
             return None
         return getattr(self.cfg, stage.section)
+
+    def stamp(self, url: str) -> tuple:
+        """A fingerprint part for an input file. Files inside the run directory are named by their
+        path relative to it and, when small, identified by their content: a copied or moved run
+        (where mtimes and absolute paths change) is still complete. Others: ``Storage.stamp``."""
+        rel = relative(url, self.run.url)
+        if rel == url:
+            return self.storage.stamp(url)
+        size = self.storage.stamp(url)[1]
+        if size is not None and size <= STAMP_CONTENT_BYTES:
+            return rel, size, "blake2b:" + hashlib.blake2b(self.storage.read_bytes(url), digest_size=16).hexdigest()
+        return rel, size, self.storage.stamp(url)[2]
 
     def upstream_summary(self, stage: type[Stage]) -> dict:
         summary = self.dir(stage).summary()

@@ -77,7 +77,7 @@ class DedupStage(Stage):
 
     def inputs(self, ctx: StageContext) -> list:
         """The eval hash files are an input: hashing an eval set again redoes the stage."""
-        return [ctx.storage.stamp(f) for f in eval_hash_files(evalsets_of(ctx), ctx.storage)]
+        return [ctx.stamp(f) for f in eval_hash_files(evalsets_of(ctx), ctx.storage)]
 
     def run(self, ctx: StageContext, out: StageDir) -> dict:
         s: DedupConfig = ctx.settings(self)

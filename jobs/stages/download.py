@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from curation import netguard
 from curation.errors import InputError
+from curation.orphans import ContextsDieWithParent
 from curation.rundir import StageDir, fingerprint, reject_rows
 from curation.settings import setting
 from curation.storage import Storage, is_remote, join
@@ -277,11 +278,29 @@ def _guarded_img2dataset(s: DownloadConfig) -> Iterator[None]:
     os.environ[_OPENCV_LIMIT] = str(s.max_image_area)
     for n in names:
         setattr(i2d_main, n, wrap(originals[n]))
+    # The local pool's workers stop when this process dies (a killed driver must not leave them
+    # writing into the run dir while a re-run starts): its pool is built from this get_context.
+    # Its stats-logger process likewise.
+    i2d_dist = importlib.import_module("img2dataset.distributor")
+    original_get_context = getattr(i2d_dist, "get_context", None)
+    if callable(original_get_context):
+        i2d_dist.get_context = ContextsDieWithParent(original_get_context)
+    else:
+        log.warning("img2dataset.distributor has no get_context: its download workers may outlive a killed driver")
+    original_logger = getattr(i2d_main, "LoggerProcess", None)
+    if original_logger is not None:
+        from jobs.img2dataset_hooks import WatchedLoggerProcess
+
+        i2d_main.LoggerProcess = WatchedLoggerProcess
     try:
         yield
     finally:
         for n in names:
             setattr(i2d_main, n, originals[n])
+        if callable(original_get_context):
+            i2d_dist.get_context = original_get_context
+        if original_logger is not None:
+            i2d_main.LoggerProcess = original_logger
         if previous is None:
             os.environ.pop(_OPENCV_LIMIT, None)
         else:

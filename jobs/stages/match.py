@@ -21,6 +21,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,7 @@ from curation.textrules import DEFAULT_RULE, RULES
 from curation.rundir import StageDir, parquet_rows, reason_counts, reject_table
 from curation.settings import SettingError, setting
 from curation.storage import Storage
-from jobs.stages import metadata
+from jobs.stages import lid, metadata
 from jobs.stages.base import (
     PhaseClock,
     Stage,
@@ -53,7 +54,8 @@ log = logging.getLogger(__name__)
 
 CORE_COLUMNS = ("uid", "url", "text", "entry_ids")
 #: Reject reasons, by code (0 = the row is fine).
-REASONS = ("", "invalid_utf8", "null_text", "empty_text", "text_too_long", "null_url", "no_match")
+REASONS = ("", "invalid_utf8", "null_text", "empty_text", "text_too_long", "null_url", "no_match",
+           "no_language_metadata", "invalid_url")
 _R = {name: code for code, name in enumerate(REASONS)}
 UNREADABLE_FILES = "files.parquet"
 
@@ -99,7 +101,7 @@ class MatchConfig:
 class MatchStage(Stage):
     name = "match"
     help = "substring-match pool captions against the metadata entries"
-    upstream = (metadata.MetadataStage,)
+    upstream = (metadata.MetadataStage, lid.LidStage)
     section = "pool"
     Config = PoolConfig
     section_doc = "the input pool and how the match stage reads it"
@@ -119,7 +121,8 @@ class MatchStage(Stage):
 
     def run(self, ctx: StageContext, out: StageDir) -> dict:
         s: PoolConfig = ctx.settings(self)
-        meta = ship_matcher(ctx, ctx.cfg.match.rule)
+        by_lang = ctx.settings(lid.LidStage).enabled
+        meta = ship_language_matchers(ctx, ctx.cfg.match.rule) if by_lang else ship_matcher(ctx, ctx.cfg.match.rule)
         units, bad = plan_units(s, ctx.storage)
         if bad:
             log.warning("match: skipping %d unreadable pool file(s): %s", len(bad), [b["path"] for b in bad])
@@ -129,7 +132,8 @@ class MatchStage(Stage):
                 out.rejects(UNREADABLE_FILES))
         task_ctx = {"settings": asdict(s), "settings_columns": list(s.columns().values()),
                     "pool_root": ctx.storage.fs(s.path)[1].rstrip("/"),
-                    "storage": ctx.storage, "out": out.url, "rejects": out.rejects_url, **meta}
+                    "storage": ctx.storage, "out": out.url, "rejects": out.rejects_url,
+                    "lid": ctx.dir(lid.LidStage).url if by_lang else None, **meta}
         t0 = time.perf_counter()
         results = run_units(ctx, out, units, _match_unit, task_ctx, self.name)
         seconds = {"units": round(time.perf_counter() - t0, 3)}
@@ -281,6 +285,31 @@ def ship_matcher(ctx: StageContext, rule: str = DEFAULT_RULE) -> dict:
     return meta
 
 
+def ship_language_matchers(ctx: StageContext, rule: str) -> dict:
+    """One compiled matcher per metadata language (each over that language's entries only) and,
+    broadcast once, each language's map from its local ids to the global entry ids."""
+    table = metadata.entries_table_of(ctx.dir(metadata.MetadataStage), ["entry_id", "entry", "lang"])
+    ids = table.column("entry_id").to_numpy()
+    langs = np.asarray(table.column("lang").to_pylist(), dtype=object)
+    entries = table.column("entry").to_pylist()
+    matchers, id_maps = {}, {}
+    for lang in sorted(set(langs.tolist())):
+        pick = np.flatnonzero(langs == lang)
+        pick = pick[np.argsort(ids[pick], kind="stable")]  # local order = global id order
+        meta = compile_matcher([entries[i] for i in pick], rule)
+        ctx.spark.sparkContext.addFile(meta["matcher_local"])
+        matchers[lang] = meta
+        id_maps[lang] = ids[pick].astype(np.int32)
+    return {"lang_matchers": matchers, "id_maps": ctx.spark.sparkContext.broadcast(id_maps),
+            "n_entries": len(entries), "metadata_fingerprint": fingerprint_of(matchers), "rule": rule}
+
+
+def fingerprint_of(matchers: dict) -> str:
+    from curation.rundir import fingerprint
+
+    return fingerprint({lang: m["metadata_fingerprint"] for lang, m in sorted(matchers.items())})
+
+
 def compile_matcher(entries: list[str], rule: str = DEFAULT_RULE) -> dict:
     """The compiled matcher file for ``entries`` under ``rule`` (cached in the temp dir by content
     fingerprint and format) and what tasks need to find it."""
@@ -369,6 +398,40 @@ def texts_and_reasons(text_col: pa.Array, max_bytes: int) -> tuple[pa.Array, np.
     if (codes != 0).any():
         text_col = pc.if_else(pa.array(codes != 0), pa.scalar(None, pa.string()), text_col.cast(pa.string()))
     return text_col.cast(pa.string()), codes, details
+
+
+_URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def valid_urls(url_col: pa.Array) -> tuple[pa.Array, dict[int, str]]:
+    """The URL column as strings, and the rows whose URL cannot be fetched as it stands (row ->
+    detail): bytes that are not UTF-8, or ASCII control characters (a URL with a newline or NUL
+    makes HTTP clients fail the request, and used to fail a whole img2dataset shard with it)."""
+    bad: dict[int, str] = {}
+    if pa.types.is_binary(url_col.type) or pa.types.is_large_binary(url_col.type):
+        raw = url_col
+    else:
+        url_col = url_col.cast(pa.string()) if not pa.types.is_string(url_col.type) else url_col
+        try:
+            url_col.validate(full=True)
+            raw = None
+        except pa.ArrowInvalid:
+            raw = url_col.view(pa.binary())
+    if raw is not None:  # rare: find the rows that are not UTF-8
+        values = []
+        for i, b in enumerate(raw.to_pylist()):
+            try:
+                values.append(None if b is None else b.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                values.append(None)
+                bad[i] = f"URL not UTF-8 at byte {exc.start}: {b[max(0, exc.start - 8):exc.start + 8]!r}"
+        url_col = pa.array(values, pa.string())
+    ctrl = pc.fill_null(pc.match_substring_regex(url_col, r"[\x00-\x1f\x7f]"), False).to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(ctrl).tolist():
+        u = url_col[i].as_py()
+        m = _URL_CONTROL.search(u)
+        bad[i] = f"URL has control character {m.group()!r} at {m.start()}: {u[max(0, m.start() - 20):m.start() + 20]!r}"
+    return url_col, bad
 
 
 def sha224_uids(urls: pa.Array) -> pa.Array:
@@ -464,11 +527,26 @@ def _match_unit(unit: dict, task_ctx: dict) -> dict:
     clock.lap("uid")
     texts, codes, details = texts_and_reasons(table.column("text").combine_chunks(), s.max_text_bytes)
     codes[(codes == 0) & null_url] = _R["null_url"]
+    urls, bad_urls = valid_urls(table.column("url").combine_chunks())
+    for i, why in bad_urls.items():
+        if codes[i] == 0:
+            codes[i] = _R["invalid_url"]
+            details[i] = why
+    langs = None
+    if task_ctx.get("lid"):  # each caption against its own language's entries (MetaCLIP 2)
+        langs = lid.unit_langs(StageDir(task_ctx["lid"], storage), unit["unit"])
+        if len(langs) != n:
+            raise InputError(f"the lid stage labelled {len(langs):,} rows of unit {unit['unit']} but it holds {n:,}; "
+                             "the pool changed since: run `metacurate lid` again")
+        no_meta = ~np.isin(np.asarray(langs.to_pylist(), dtype=object), list(task_ctx["lang_matchers"]))
+        codes[(codes == 0) & no_meta] = _R["no_language_metadata"]
     valid_idx = np.flatnonzero(codes == 0)
     valid_texts = texts.take(pa.array(valid_idx)) if len(valid_idx) < n else texts
-    matcher = _executor_matcher(task_ctx)
     clock.lap("validate")
-    matched = matcher.match_arrow(valid_texts)
+    if langs is None:
+        matched = _executor_matcher(task_ctx).match_arrow(valid_texts)
+    else:
+        matched = _match_by_language(valid_texts, langs.take(pa.array(valid_idx)), task_ctx)
     clock.lap("match")
     lengths = pc.list_value_length(matched).to_numpy(zero_copy_only=False)
     codes[valid_idx[lengths == 0]] = _R["no_match"]
@@ -477,10 +555,11 @@ def _match_unit(unit: dict, task_ctx: dict) -> dict:
     passthrough = [c for c in table.column_names if c not in CORE_COLUMNS]
     rows = pa.table({
         "uid": uids.take(keep_rows),
-        "url": table.column("url").take(keep_rows).cast(pa.string()),
+        "url": urls.take(keep_rows),
         "text": texts.take(keep_rows),
         "entry_ids": matched.filter(pa.array(keep_local)).cast(pa.list_(pa.int32())),
-        **{c: table.column(c).take(keep_rows) for c in passthrough},
+        **({"lang": langs.take(keep_rows)} if langs is not None else {}),
+        **{c: table.column(c).take(keep_rows) for c in passthrough if not (langs is not None and c == "lang")},
     })
     rej_rows = np.flatnonzero(codes != 0)
     pos = {int(r): j for j, r in enumerate(rej_rows.tolist())} if details else {}
@@ -498,6 +577,41 @@ def _match_unit(unit: dict, task_ctx: dict) -> dict:
                "phases": clock.as_dict()}
     out.write_unit(unit["unit"], summary)
     return summary
+
+
+def _match_by_language(texts: pa.Array, langs: pa.Array, task_ctx: dict) -> pa.ListArray:
+    """Each text matched with its language's matcher, local ids mapped to global ids; the rows'
+    order is kept (every text's language has a matcher here: the others were rejected before)."""
+    from curation.fastmatch import load_fast_matcher
+
+    n = len(texts)
+    lang_of = np.asarray(langs.to_pylist(), dtype=object)
+    lengths = np.zeros(n, dtype=np.int64)
+    pieces_rows, pieces_vals = [], []
+    for lang in sorted(set(lang_of.tolist())):
+        rows = np.flatnonzero(lang_of == lang)
+        meta = task_ctx["lang_matchers"][lang]
+        local = meta["matcher_local"]
+        if not os.path.exists(local):
+            from pyspark import SparkFiles
+
+            local = SparkFiles.get(meta["matcher_name"])
+        matched = load_fast_matcher(local, meta["metadata_fingerprint"], rule=meta.get("rule", DEFAULT_RULE)) \
+            .match_arrow(texts.take(pa.array(rows)))
+        offsets = matched.offsets.to_numpy().astype(np.int64)
+        values = matched.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+        lens = np.diff(offsets)
+        lengths[rows] = lens
+        pieces_rows.append(np.repeat(rows, lens))
+        pieces_vals.append(task_ctx["id_maps"].value[lang][values])  # monotone map: ids stay sorted
+    if pieces_rows:
+        row_of = np.concatenate(pieces_rows)
+        vals = np.concatenate(pieces_vals)[np.argsort(row_of, kind="stable")]
+    else:
+        vals = np.zeros(0, np.int32)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(vals.astype(np.int32), pa.int32()))
 
 
 def _unreadable_unit(unit: dict, task_ctx: dict, out: StageDir, rel_path: str, detail: str) -> dict:

@@ -136,11 +136,20 @@ def balance_survivors(ctx: StageContext, bal: Any, survivors: set[str], out: Sta
     offsets, flat = count.csr(rows.column("entry_ids"))
     after = balancing.entry_counts(flat, n_entries)
     before = count.load_counts(ctx.dir(count.CountStage), n_entries)
-    t = bal.t
-    if t is None:
-        t = float(balancing.solve_t(lambda ts: balancing.expected_kept_for_ts(offsets, flat, after, ts),
-                                    bal.target_size, int(after.max()) if after.size else 1))
-    pk = balancing.p_keep_csr(offsets, flat, balancing.entry_probabilities(after, t))
+    langs, per_lang_mode = balance.language_mode(ctx, bal, n_entries)
+    per_lang = None
+    if per_lang_mode:
+        per_lang, prob, t, t_of_entry = balance.per_language_probabilities(bal, after, langs)
+    else:
+        t = bal.t
+        if bal.tail_p is not None:
+            t = float(balancing.p_to_t(after, bal.tail_p))
+        elif t is None:
+            t = float(balancing.solve_t(lambda ts: balancing.expected_kept_for_ts(offsets, flat, after, ts),
+                                        bal.target_size, int(after.max()) if after.size else 1))
+        prob = balancing.entry_probabilities(after, t)
+        t_of_entry = np.full(after.shape, t, dtype=np.float64)
+    pk = balancing.p_keep_csr(offsets, flat, prob)
     uids = rows.column("uid").combine_chunks()
     u = balancing.uniform_from_uid_array(bal.seed, uids)
     keep = np.ones(len(pk), bool) if bal.online else u < pk
@@ -155,8 +164,9 @@ def balance_survivors(ctx: StageContext, bal: Any, survivors: set[str], out: Sta
     plan = {uid: (float(p), bool(k), float(x)) for uid, p, k, x in zip(uids.to_pylist(), pk, keep, u)}
     figures = {"balance_after_download": {
         "t": t, "online": bal.online, "survivors": len(plan), "kept": int(keep.sum()),
-        "expected_kept": float(pk.sum()), "head_entries_matched": int((before > t).sum()),
-        "head_entries_downloaded": int((after > t).sum())}}
+        "expected_kept": float(pk.sum()), "head_entries_matched": int((before > t_of_entry).sum()),
+        "head_entries_downloaded": int((after > t_of_entry).sum()),
+        **({"per_language_t": per_lang} if per_lang else {})}}
     log.info("shard: balanced after download at t=%s: %d of %d surviving images kept", t, int(keep.sum()), len(plan))
     return plan, figures
 

@@ -169,3 +169,21 @@ def test_a_one_word_mebibyte_caption_does_not_stall_tokenizer_training():
     t0 = time.perf_counter()
     tok = BPETokenizer.train(["y" * (1 << 20), "a red dog on a mat"] * 3, vocab_size=300)
     assert time.perf_counter() - t0 < 60 and tok.vocab_size > 3  # a bound, not a benchmark: it took minutes
+
+
+def test_urls_that_cannot_be_fetched_are_rejected_at_match(spark, tmp_path):
+    """A URL that is not UTF-8 (binary column) or holds a control character used to crash the match
+    stage's cast or fail a whole img2dataset shard; now each is one ``invalid_url`` reject."""
+    urls = [b"http://h/a\xff.jpg", b"http://h/b\n.jpg", b"http://h/c\x00.jpg"] + \
+        [f"http://h/{i}.jpg".encode() for i in range(7)]
+    t = pa.table({"url": pa.array(urls, pa.binary()), "text": [f"a red dog {i}" for i in range(10)]})
+    pool = _pool(tmp_path, {"a.parquet": t})
+    assert _curate(tmp_path, pool) == 0
+    s = json.loads((tmp_path / "run" / "match" / "_summary.json").read_text())
+    assert s["in"] == 10 and s["out"] == 7 and s["rejected"] == {"invalid_url": 3}
+    rej = pq.read_table(tmp_path / "run" / "rejects" / "match").to_pylist()
+    details = sorted(r["detail"] for r in rej)
+    assert any("not UTF-8 at byte 10" in d for d in details)
+    assert any("control character '\\n'" in d for d in details) and any("'\\x00'" in d for d in details)
+    kept = pq.read_table(tmp_path / "run" / "match", columns=["url"]).column("url").to_pylist()
+    assert sorted(kept) == sorted(f"http://h/{i}.jpg" for i in range(7))

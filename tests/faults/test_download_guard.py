@@ -385,8 +385,14 @@ def test_img2dataset_is_wrapped_while_it_runs(monkeypatch):
     assert "urllib.request.urlopen(" in inspect.getsource(img2dataset.downloader.download_image)
     got = {}
 
+    import img2dataset.distributor as i2d_dist
+    from curation.orphans import ContextsDieWithParent
+
+    original_get_context = i2d_dist.get_context
+
     def fake_distributor(processes_count, downloader, reader, subjob_size, max_shard_retry):
-        got.update(worker=downloader, env=os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS"))
+        got.update(worker=downloader, env=os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS"),
+                   get_context=i2d_dist.get_context)
 
     class FakeDownloader:
         resizer = staticmethod(lambda stream: None)
@@ -399,6 +405,8 @@ def test_img2dataset_is_wrapped_while_it_runs(monkeypatch):
     assert isinstance(worker, netguard.GuardedCall) and worker.allow_loopback and not worker.allow_private
     assert isinstance(worker.fn.resizer, AreaCheckedResizer) and worker.fn.resizer.max_area == 1234
     assert got["env"] == "1234"
+    assert isinstance(got["get_context"], ContextsDieWithParent) and got["get_context"].parent_pid == os.getpid()
+    assert i2d_dist.get_context is original_get_context
     assert i2d_main.multiprocessing_distributor is fake_distributor
     assert os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS") != "1234"
 
