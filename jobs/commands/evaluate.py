@@ -75,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
                              storage=storage)
     out = write_results(results, cfg.out, storage)
     print(format_table(results))
+    for name in results.get("collapsed", []):
+        why = results["diagnostics"][name].get("why", "")
+        print(f"\nWARNING {name}: the model looks collapsed ({why}): these scores measure the label "
+              "distribution, not the model; train longer or check the data")
     print(f"\nresults: {out}")
     if cfg.html:
         print(f"summary: {write_summary(results, cfg.html, storage)}")

@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
     p.add_argument("--tiny", action="store_true", help="a much smaller run (CI): fewer images and steps")
     p.add_argument("--pool-size", type=int, default=None, help="rows in the generated pool (default 3000; tiny 600)")
-    p.add_argument("--train-steps", type=int, default=None, help="training steps (default 500; tiny 30)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help=f"training steps (default {DEFAULT_STEPS}; tiny 30)")
     p.add_argument("--t", type=float, default=None, help="balancing threshold (default 60; tiny 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--master", default="local[*]", help="Spark master (default local[*])")

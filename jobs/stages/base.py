@@ -83,6 +83,12 @@ class Stage:
     def dir_name(cls) -> str:
         return cls.folder or cls.name
 
+    @classmethod
+    def active(cls, ctx: "StageContext") -> bool:
+        """Whether the config switches this stage on (an optional stage such as ``lid`` is off by
+        default: ``run`` leaves it out and downstream stages do not wait for it). Default: on."""
+        return True
+
     def check(self, ctx: "StageContext") -> None:
         """Cheap checks of the inputs before any Spark session starts (a wrong path should fail
         in a second, naming the key to fix). Default: nothing."""
@@ -165,6 +171,9 @@ def stage_fingerprint(stage: Stage, ctx: StageContext) -> str:
     """What decides whether a completed stage can be reused."""
     ups = []
     for up in stage.upstream:
+        if not up.active(ctx):
+            ups.append(f"{up.name}:off")  # switching it on later must redo this stage
+            continue
         done = ctx.dir(up).success()
         if not done:
             raise InputError(f"stage `{stage.name}` needs `{up.name}` to be complete under {ctx.run.url}; "

@@ -50,6 +50,10 @@ class LidStage(Stage):
     Config = LidConfig
     section_doc = "language ID of the captions"
 
+    @classmethod
+    def active(cls, ctx: StageContext) -> bool:
+        return bool(ctx.settings(cls).enabled)
+
     def inputs(self, ctx: StageContext) -> list:
         """The pool (its files and how it is cut into units) decides the rows this stage labels."""
         if not ctx.settings(self).enabled:
