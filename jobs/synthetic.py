@@ -94,6 +94,83 @@ EXTRA_WORDS = (
 
 
 # --------------------------------------------------------------------------------------------
+# other languages (MetaCLIP 2 worldwide curation): the same concepts in German and Chinese
+# --------------------------------------------------------------------------------------------
+#: Per language: digit words, colour and shape names, texture phrases. Chinese writes no spaces
+#: between words, which is what the metaclip2 matching rule and the segmenting tokeniser are for.
+LANG_VOCAB: dict[str, dict[str, Any]] = {
+    "de": {
+        "digits": ("null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun"),
+        "colours": {"red": "rot", "green": "grün", "blue": "blau", "yellow": "gelb", "orange": "orange",
+                    "purple": "lila", "black": "schwarz", "white": "weiß", "pink": "rosa", "brown": "braun",
+                    "gray": "grau"},
+        "shapes": {"circle": "Kreis", "square": "Quadrat", "triangle": "Dreieck", "star": "Stern", "ring": "Ring",
+                   "diamond": "Raute", "hexagon": "Sechseck", "cross": "Kreuz", "pentagon": "Fünfeck"},
+        "textures": {"plain": "einfarbigem Hintergrund", "stripes": "Streifen", "dots": "Punkten",
+                     "noise": "Rauschen", "gradient": "Farbverlauf"},
+    },
+    "zh": {
+        "digits": ("零", "一", "二", "三", "四", "五", "六", "七", "八", "九"),
+        "colours": {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "orange": "橙色",
+                    "purple": "紫色", "black": "黑色", "white": "白色", "pink": "粉色", "brown": "棕色",
+                    "gray": "灰色"},
+        "shapes": {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形", "ring": "圆环",
+                   "diamond": "菱形", "hexagon": "六边形", "cross": "十字", "pentagon": "五边形"},
+        "textures": {"plain": "纯色背景", "stripes": "条纹", "dots": "圆点", "noise": "噪点", "gradient": "渐变"},
+    },
+}
+#: Languages the miniature web can write captions in (English is the module's own vocabulary).
+LANGUAGES = ("en",) + tuple(LANG_VOCAB)
+
+
+def lang_words(lang: str) -> list[str]:
+    """Every concept word of a language (digits, colours, shapes, textures): what its metadata
+    list needs for the captions to match."""
+    if lang == "en":
+        return list(DIGIT_WORDS) + list(COLOURS) + list(SHAPES)
+    v = LANG_VOCAB[lang]
+    return list(v["digits"]) + list(v["colours"].values()) + list(v["shapes"].values()) + list(v["textures"].values())
+
+
+def describe_lang(spec: dict, rng: random.Random, lang: str, specific: bool = False) -> str:
+    """A caption for ``spec`` in ``lang`` (``en``: :func:`describe`). ``specific``: one that names
+    every visible attribute (held-out retrieval)."""
+    if lang == "en":
+        return _specific_caption(spec, rng) if specific else describe(spec, rng)
+    v = LANG_VOCAB[lang]
+    col, bg = v["colours"][spec["colour"]], v["colours"][spec["background"]]
+    tex = v["textures"][spec.get("texture", "plain")]
+    shape = v["shapes"].get(spec.get("shape") or "", None)
+    d = spec.get("digit")
+    if lang == "de":
+        if d is not None:
+            w = v["digits"][d]
+            frame = f" in einem {shape}" if shape else ""
+            options = [f"die Zahl {w} in der Farbe {col} auf {bg} mit {tex}{frame}",
+                       f"ein Bild der Ziffer {d} ({w}) in {col} auf {bg}{frame}"]
+            if not specific:
+                options += [f"handgeschriebene Zahl {w} in {col}", f"die Ziffer {w} in {col} geschrieben",
+                            f"ein Foto der Zahl {w}"]
+        else:
+            options = [f"ein {shape} in der Farbe {col} auf {bg} mit {tex}",
+                       f"{shape} in {col} auf einem Hintergrund in {bg} mit {tex}"]
+            if not specific:
+                options += [f"ein einfacher {shape} in {col}", f"Symbol {shape} in der Farbe {col}"]
+    else:
+        if d is not None:
+            w = v["digits"][d]
+            frame = f"，在{shape}里" if shape else ""
+            options = [f"{bg}背景上{col}的数字{w}，带有{tex}{frame}", f"{col}的数字{d}（{w}）在{bg}{tex}上{frame}"]
+            if not specific:
+                options += [f"手写的数字{w}", f"一个{col}的数字{w}", f"数字{w}的照片"]
+        else:
+            options = [f"{bg}背景上的{col}{shape}，带有{tex}", f"一个{col}的{shape}在{bg}{tex}上"]
+            if not specific:
+                options += [f"简单的{col}{shape}图标", f"{col}{shape}"]
+    return rng.choice(options)
+
+
+# --------------------------------------------------------------------------------------------
 # fonts
 # --------------------------------------------------------------------------------------------
 _FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", os.path.expanduser("~/.fonts"),
@@ -549,7 +626,7 @@ def _encode(img: Image.Image, fmt: str, quality: int) -> bytes:
 def make_web_pool(out_dir: str, n: int = 3000, seed: int = 0, base_url: str = "http://127.0.0.1:{port}",
                   *, size: int = 96, n_files: int = 4, zipf_a: float = 1.0,
                   noise: dict[str, float] | None = None, port: int | None = None,
-                  workers: int | None = None) -> dict:
+                  workers: int | None = None, languages: dict[str, float] | None = None) -> dict:
     """Write ``out_dir/www/`` (images), ``out_dir/pool/part-*.parquet`` (url, text) and
     ``out_dir/labels.parquet`` (one row per distinct URL); return paths and counts.
 
@@ -557,7 +634,15 @@ def make_web_pool(out_dir: str, n: int = 3000, seed: int = 0, base_url: str = "h
     pass its URL). A literal ``{port}`` in it is filled from ``port``; without one the URLs keep
     the placeholder and ``set_base_url`` fixes them once the port is known. ``workers``
     processes render the images (default: the CPU count, at most 4); the bytes do not depend on it.
+    ``languages`` (e.g. ``{"en": 0.6, "de": 0.2, "zh": 0.2}``): the share of concrete captions
+    written in each language (default: all English).
     """
+    if languages:
+        bad = set(languages) - set(LANGUAGES)
+        if bad:
+            raise ValueError(f"no caption vocabulary for {sorted(bad)}; known: {list(LANGUAGES)}")
+        lang_names, lang_weights = list(languages), list(languages.values())
+        lang_rng = random.Random(f"pool-lang:{seed}")  # apart: English captions stay as without languages
     fractions = dict(DEFAULT_NOISE, **(noise or {}))
     unknown = set(fractions) - set(DEFAULT_NOISE)
     if unknown:
@@ -577,7 +662,14 @@ def make_web_pool(out_dir: str, n: int = 3000, seed: int = 0, base_url: str = "h
 
     categories = list(fractions) + ["concrete"]
     cat_weights = list(fractions.values()) + [1 - sum(fractions.values())]
-    rows: list[tuple[str, str | None, str]] = []   # url, text, category
+    rows: list[tuple[str, str | None, str, str]] = []   # url, text, category, caption language
+
+    def caption(spec: dict) -> tuple[str, str]:
+        if not languages:
+            return describe(spec, rng), "en"
+        lang = lang_rng.choices(lang_names, lang_weights)[0]
+        return describe_lang(spec, rng, lang), lang
+
     labels: dict[str, dict] = {}
     concrete: list[tuple[dict, str]] = []          # (spec, caption) of concrete rows, for duplicates
     counts: dict[str, int] = {c: 0 for c in categories}
@@ -603,13 +695,18 @@ def make_web_pool(out_dir: str, n: int = 3000, seed: int = 0, base_url: str = "h
         return url
 
     text: str | None
+    lang_of_text: dict[str | None, str] = {}
     for _ in range(n):
         cat = rng.choices(categories, cat_weights)[0]
         if cat in ("dup_caption", "dup_url") and not concrete:
             cat = "concrete"
         if cat == "dup_url":  # the same image linked again: same alt-text, or another page's
             url = rng.choice(urls)
-            text = first_text[url] if rng.random() < 0.5 else describe(_spec_of(labels[url]), rng)
+            if rng.random() < 0.5:
+                text = first_text[url]
+            else:
+                text, lang = caption(_spec_of(labels[url]))
+                lang_of_text[text] = lang
         elif cat == "dup_caption":  # another image of the same concept, caption repeated exactly
             spec0, text = rng.choice(concrete)
             url = new_image(dict(spec0, seed=rng.randrange(2 ** 31)))
@@ -623,13 +720,14 @@ def make_web_pool(out_dir: str, n: int = 3000, seed: int = 0, base_url: str = "h
             elif cat == "empty_caption":
                 text = rng.choice(("", " ", "   "))
             else:
-                text = describe(spec, rng)
+                text, lang = caption(spec)
+                lang_of_text[text] = lang
                 if cat == "concrete":
                     concrete.append((spec, text))
         if url not in first_text:
             urls.append(url)
             first_text[url] = text
-        rows.append((url, text, cat))
+        rows.append((url, text, cat, lang_of_text.get(text, "")))
         counts[cat] += 1
     _render_files(jobs, workers)
 
@@ -647,7 +745,8 @@ def make_web_pool(out_dir: str, n: int = 3000, seed: int = 0, base_url: str = "h
     labels_path = os.path.join(out_dir, "labels.parquet")
     pq.write_table(pa.Table.from_pylist(list(labels.values()), schema=LABEL_SCHEMA), labels_path)
     categories_path = os.path.join(out_dir, "pool_categories.parquet")
-    pq.write_table(pa.table({"url": [r[0] for r in rows], "category": [r[2] for r in rows]}), categories_path)
+    pq.write_table(pa.table({"url": [r[0] for r in rows], "category": [r[2] for r in rows],
+                             "lang": [r[3] for r in rows]}), categories_path)
     info = {"out_dir": out_dir, "www": www, "pool": pool_dir, "labels": labels_path,
             "categories": categories_path, "base_url": base_url, "rows": len(rows),
             "distinct_urls": len(labels), "image_files": sum(1 for v in labels.values() if v["status"] != "missing"),
@@ -932,14 +1031,17 @@ def make_pageviews(out_dir: str, n_files: int = 3, seed: int = 0) -> list[str]:
 # held-out split
 # --------------------------------------------------------------------------------------------
 def heldout_split(out_dir: str, n: int = 300, seed: int = 1_000_003, *, size: int = 96,
-                  samples_per_shard: int = 1000, zipf_a: float = 0.0) -> dict:
+                  samples_per_shard: int = 1000, zipf_a: float = 0.0, lang: str = "en") -> dict:
     """Write ``n`` clean (image, caption) pairs as WebDataset shards for retrieval evaluation.
 
     Same generator as the pool but another seed (so no image repeats the pool's) and, by default,
     uniform concepts (``zipf_a=0``). Each sample: ``<key>.jpg``, ``<key>.txt`` (one caption),
     ``<key>.json`` (uid, url, entry_ids [], entries [], phash, p_keep 1.0, ``captions``: two
-    phrasings, the labels, and ``label`` = the digit for digit images).
+    phrasings, the labels, and ``label`` = the digit for digit images). ``lang``: the captions'
+    language (the images are the same for every language of one seed: a parallel retrieval set).
     """
+    if lang not in LANGUAGES:
+        raise ValueError(f"no caption vocabulary for {lang!r}; known: {list(LANGUAGES)}")
     from curation.phash import hash_to_hex, phash_bytes
     from curation.shards import write_shards
 
@@ -947,6 +1049,8 @@ def heldout_split(out_dir: str, n: int = 300, seed: int = 1_000_003, *, size: in
         raise ValueError(f"n must be >= 1, got {n}")
     rng = random.Random(f"heldout:{seed}")
     sampler = _Sampler(rng, zipf_a)
+    # captions draw from their own generator: the images depend on the seed only
+    cap_rng = random.Random(f"heldout:{seed}:{lang}")
 
     def samples():
         for i in range(n):
@@ -954,14 +1058,14 @@ def heldout_split(out_dir: str, n: int = 300, seed: int = 1_000_003, *, size: in
             data = _encode(render_image(spec, size), "jpg", 90)
             caps = []
             while len(caps) < 2:  # specific phrasings: retrieval needs captions that tell images apart
-                c = _specific_caption(spec, rng)
+                c = describe_lang(spec, cap_rng, lang, specific=True)
                 if c not in caps:
                     caps.append(c)
             key = f"{i:06d}"
             url = f"heldout://{seed}/{key}.jpg"
             meta = {"uid": hashlib.sha224(url.encode()).hexdigest()[:24], "url": url, "entry_ids": [],
                     "entries": [], "phash": hash_to_hex(phash_bytes(data)), "p_keep": 1.0,
-                    "captions": caps, **_spec_of(spec)}
+                    "captions": caps, **_spec_of(spec), **({"lang": lang} if lang != "en" else {})}
             if spec.get("digit") is not None:
                 meta["label"] = int(spec["digit"])
             yield {"key": key, "jpg": data, "txt": caps[0], "json": meta}

@@ -311,3 +311,56 @@ def test_heldout_shards(tmp_path):
     again = S.heldout_split(str(tmp_path / "again"), n=25, seed=9, size=48, samples_per_shard=10)
     assert again["samples"] == 25
     assert (tmp_path / "again" / "000001.tar").read_bytes() == (tmp_path / "heldout" / "000001.tar").read_bytes()
+
+
+# ---------------------------------------------------------------------------------- languages
+def test_captions_in_other_languages_use_their_vocabulary():
+    rng = random.Random(4)
+    sampler = S._Sampler(rng, 1.0)
+    for lang in ("de", "zh"):
+        words = set(S.lang_words(lang))
+        for _ in range(200):
+            spec = sampler.spec()
+            text = S.describe_lang(spec, rng, lang)
+            v = S.LANG_VOCAB[lang]
+            named = v["digits"][spec["digit"]] if spec.get("digit") is not None else v["shapes"][spec["shape"]]
+            # the caption names its concept, or (short phrasings) at least one word of the language
+            assert named in text or any(w in text for w in words), text
+            assert not re.search(r"[a-z]{3,}", text) if lang == "zh" else True
+        specific = S.describe_lang(spec, rng, lang, specific=True)
+        assert v["colours"][spec["colour"]] in specific  # held-out captions name every attribute
+
+
+def test_pool_languages_and_their_share(tmp_path):
+    info = S.make_web_pool(str(tmp_path / "web"), n=600, seed=2, base_url="http://127.0.0.1:9", workers=1,
+                           languages={"en": 0.5, "de": 0.25, "zh": 0.25})
+    cats = pq.read_table(info["categories"]).to_pylist()
+    texts = pq.read_table(info["pool"]).column("text").to_pylist()  # the rows in the categories' order
+    langs = Counter(r["lang"] for r in cats if r["category"] == "concrete")
+    total = sum(langs.values())
+    assert set(langs) == {"en", "de", "zh"} and abs(langs["de"] / total - 0.25) < 0.08
+    zh = [t for t, r in zip(texts, cats) if r["lang"] == "zh"]
+    assert zh and all(re.search(r"[\u4e00-\u9fff]", t) and " " not in t for t in zh)
+    de = [t for t, r in zip(texts, cats) if r["lang"] == "de"]
+    assert de and all(any(w in t for w in S.lang_words("de")) for t in de)
+    with pytest.raises(ValueError, match="no caption vocabulary"):
+        S.make_web_pool(str(tmp_path / "bad"), n=10, languages={"xx": 1.0})
+
+
+def test_english_only_pool_is_unchanged_by_the_languages_option(tmp_path):
+    a = S.make_web_pool(str(tmp_path / "a"), n=120, seed=5, base_url="http://127.0.0.1:9", workers=1)
+    b = S.make_web_pool(str(tmp_path / "b"), n=120, seed=5, base_url="http://127.0.0.1:9", workers=1,
+                        languages={"en": 1.0})
+    ta, tb = (pq.read_table(x["pool"]).column("text").to_pylist() for x in (a, b))
+    assert ta == tb
+
+
+def test_heldout_in_several_languages_is_parallel(tmp_path):
+    from curation.shards import read_tar_samples
+
+    sets = {lang: S.heldout_split(str(tmp_path / lang), n=12, seed=3, size=32, lang=lang) for lang in ("en", "zh")}
+    en, zh = ([s for name in sets[lang]["shards"] for s in read_tar_samples(str(tmp_path / lang / name))]
+              for lang in ("en", "zh"))
+    assert [s["jpg"] for s in en] == [s["jpg"] for s in zh]  # the same images ...
+    assert all(re.search(r"[\u4e00-\u9fff]", s["txt"].decode()) for s in zh)  # ... captioned in Chinese
+    assert json.loads(zh[0]["json"])["lang"] == "zh"
