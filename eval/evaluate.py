@@ -86,8 +86,9 @@ def run_evaluation(model: Any, plan: EvalPlan, checkpoint: str = "",
         h = embedding_health(as_numpy(feats), predictions, len(getattr(ds, "classnames", None) or []))
         health[ds.name] = h
         if h["collapsed"]:
-            log.warning("%s: the model looks collapsed: %s; its scores measure the label distribution, "
-                        "not the model (train longer or check the data)", ds.name, h["why"])
+            log.warning("%s: the model does not tell this dataset's images apart: %s; its zero-shot scores "
+                        "measure the label distribution, not recognition (train longer, or on data closer to "
+                        "this set)", ds.name, h["why"])
 
     for spec in plan.zeroshot:
         ds = _load(plan, spec, size, storage)

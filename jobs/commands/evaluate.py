@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     for name in results.get("collapsed", []):
         why = results["diagnostics"][name].get("why", "")
-        print(f"\nWARNING {name}: the model looks collapsed ({why}): these scores measure the label "
-              "distribution, not the model; train longer or check the data")
+        print(f"\nWARNING {name}: the model does not tell these images apart ({why}); its zero-shot scores "
+              "measure the label distribution, not recognition")
     print(f"\nresults: {out}")
     if cfg.html:
         print(f"summary: {write_summary(results, cfg.html, storage)}")

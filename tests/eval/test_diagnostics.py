@@ -78,7 +78,7 @@ def test_run_evaluation_reports_the_collapse(make_vector_image, caplog):
     assert res["collapsed"] == ["toy"]
     d = res["diagnostics"]["toy"]
     assert d["collapsed"] and d["top_prediction_share"] == 1.0 and d["mean_cosine"] > 0.99
-    assert any("looks collapsed" in r.getMessage() for r in caplog.records)
+    assert any("does not tell this dataset's images apart" in r.getMessage() for r in caplog.records)
 
 
 def test_run_evaluation_healthy_model_not_flagged(vector_model_cls, make_vector_image):
