@@ -13,7 +13,10 @@ How the work is split (nothing row-sized ever reaches the driver):
   thresholds. A parquet of ``title, text`` is read by Spark directly and counted the same way.
 * PMI is computed with DataFrame joins and column arithmetic on the summed counts.
 * Pageview files: one file per task, aggregated per file (titles percent-decoded), summed with
-  ``groupBy``.
+  ``groupBy``. An hourly file holds every project, so one pass serves every language: a task
+  keeps each language's project lines and tags them with the language.
+* Several languages: each language's dump is counted in its own job with its own tokeniser
+  (``metadata.segment``: the executor builds it once per Python worker) and thresholds.
 * Only each source's best ``cap + len(entries so far)`` candidates are collected (enough to fill
   the cap whatever the overlap with earlier sources): metadata-sized, not dump-sized.
 
@@ -26,7 +29,8 @@ Thresholds and why:
   hapax noise (typos, names seen once). A pair seen ``k`` times can reach at most
   log2(N_uni^2 / (N_bi * k)), which the report records as ``pmi_upper_bound``: on a corpus much
   smaller than Wikipedia (~4e9 tokens) PMI >= 30 is unreachable and the build logs a warning.
-* titles: ``en`` lines with >= 50 views, no ``:``; total >= 70 (MetaCLIP).
+* titles: ``en`` lines with >= 50 views, no ``:``; total >= 70 (MetaCLIP). Another language reads
+  its own project's lines (``de``, ``zh``), with its own thresholds.
 """
 from __future__ import annotations
 
@@ -42,9 +46,9 @@ import pyarrow as pa
 from curation.errors import InputError
 from curation.storage import Storage
 from jobs.spark import executor_errors
-from metadata import ngram_arrow, wiki
+from metadata import ngram_arrow, segment, wiki
 from metadata import pageviews as pv
-from metadata.merge import SourceCandidates
+from metadata.merge import SourceCandidates, effective_cap
 
 log = logging.getLogger(__name__)
 
@@ -99,25 +103,29 @@ def _emit_blobs(tables: Iterator[pa.Table], n_buckets: int) -> Iterator[pa.Recor
                                              schema=BLOB_SCHEMA)
 
 
-def _count_units_fn(flush_pairs: int, n_buckets: int, storage: Storage):
+def _count_units_fn(flush_pairs: int, n_buckets: int, storage: Storage, segmenter: str = segment.ENGLISH):
     def count_units(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         def texts() -> Iterator[str]:
             for batch in batches:
                 cols = batch.to_pydict()
                 for path, start, end in zip(cols["path"], cols["start"], cols["end"]):
                     yield from wiki.article_texts(wiki.iter_unit_pages(path, start, end, storage))
-        yield from _emit_blobs(ngram_arrow.count_texts(texts(), flush_pairs=flush_pairs), n_buckets)
+        tokenize = segment.tokenizer(segmenter)
+        yield from _emit_blobs(ngram_arrow.count_texts(texts(), flush_pairs=flush_pairs, tokenize=tokenize),
+                               n_buckets)
     return count_units
 
 
-def _count_parquet_fn(flush_pairs: int, n_buckets: int, storage: Storage):
+def _count_parquet_fn(flush_pairs: int, n_buckets: int, storage: Storage, segmenter: str = segment.ENGLISH):
     def count_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         def texts() -> Iterator[str]:
             for batch in batches:
                 for t in batch.column("text").to_pylist():
                     if t:
                         yield t
-        yield from _emit_blobs(ngram_arrow.count_texts(texts(), flush_pairs=flush_pairs), n_buckets)
+        tokenize = segment.tokenizer(segmenter)
+        yield from _emit_blobs(ngram_arrow.count_texts(texts(), flush_pairs=flush_pairs, tokenize=tokenize),
+                               n_buckets)
     return count_rows
 
 
@@ -143,31 +151,40 @@ def _sum_buckets_fn(min_unigram: int, min_bigram: int):
     return sum_buckets
 
 
-def _pageview_fn(project: str, min_line_views: int, storage: Storage):
+def _pageview_fn(plan: dict[str, dict[str, int]], lang_of: dict[str, str], storage: Storage):
+    """Executor side: ``plan`` maps each file to the projects read from it (project ->
+    min_line_views), ``lang_of`` a project to its language. One read of a file serves them all."""
     def file_views(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for path in batch.column("path").to_pylist():
-                totals: dict[str, int] = {}
-                stats: Counter = Counter()
-                for title, views in pv.file_title_views(path, project, min_line_views, stats, storage).items():
-                    entry = pv.title_entry(title)
-                    totals[entry] = totals.get(entry, 0) + views
-                items = sorted(totals.items())
-                stat_items = sorted(stats.items())
-                # stat rows (entry null) travel with the titles so one pass yields both
+                projects = plan[path]
+                stats = {p: Counter() for p in projects}
+                langs, entries, views, kinds = [], [], [], []
+                for project, titles in sorted(pv.file_project_views(path, projects, stats, storage).items()):
+                    totals: dict[str, int] = {}
+                    for title, n in titles.items():
+                        entry = pv.title_entry(title)
+                        totals[entry] = totals.get(entry, 0) + n
+                    items = sorted(totals.items())
+                    stat_items = sorted(stats[project].items())
+                    # stat rows (entry null) travel with the titles so one pass yields both
+                    lang = lang_of[project]
+                    langs += [lang] * (len(items) + len(stat_items))
+                    entries += [e for e, _ in items] + [None] * len(stat_items)
+                    views += [v for _, v in items] + [n for _, n in stat_items]
+                    kinds += [None] * len(items) + [k for k, _ in stat_items]
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array([e for e, _ in items] + [None] * len(stat_items), pa.string()),
-                     pa.array([v for _, v in items] + [n for _, n in stat_items], pa.int64()),
-                     pa.array([None] * len(items) + [k for k, _ in stat_items], pa.string())],
-                    names=["entry", "views", "stat"])
+                    [pa.array(langs, pa.string()), pa.array(entries, pa.string()), pa.array(views, pa.int64()),
+                     pa.array(kinds, pa.string())], names=["lang", "entry", "views", "stat"])
     return file_views
 
 
 # --------------------------------------------------------------------------------------------
 # driver side
 # --------------------------------------------------------------------------------------------
-def wiki_counts(spark, wiki_pattern: str, cfg: Any, storage: Storage):
-    """Summed counts DataFrame ``(kind, w1, w2, c)`` for the dump(s); plus input stats.
+def wiki_counts(spark, wiki_pattern: str, cfg: Any, storage: Storage, segmenter: str = segment.ENGLISH):
+    """Summed counts DataFrame ``(kind, w1, w2, c)`` for the dump(s) of one language, tokenised
+    with ``segmenter`` (``metadata.segment``); plus input stats.
 
     Only keys that can still matter are kept (the reduce drops the rest before Spark sees them):
     bigrams seen >= ``bigram_min_count`` times, and unigrams seen >= the smaller of the two
@@ -218,7 +235,7 @@ def wiki_counts(spark, wiki_pattern: str, cfg: Any, storage: Storage):
     blobs = None
     for kind, df in parts:
         fn = _count_units_fn if kind == "units" else _count_parquet_fn
-        mapped = df.mapInArrow(fn(cfg.flush_keys, n_buckets, storage), BLOB_DDL)
+        mapped = df.mapInArrow(fn(cfg.flush_keys, n_buckets, storage, segmenter), BLOB_DDL)
         blobs = mapped if blobs is None else blobs.unionByName(mapped)
     from pyspark import StorageLevel
 
@@ -228,8 +245,10 @@ def wiki_counts(spark, wiki_pattern: str, cfg: Any, storage: Storage):
     return summed, info
 
 
-def unigram_and_bigram_candidates(summed, cfg: Any):
-    """``(unigram_df, bigram_df, totals)``; both DataFrames have ``entry, score`` (+ counts)."""
+def unigram_and_bigram_candidates(summed, cfg: Any, joiner: str = " "):
+    """``(unigram_df, bigram_df, totals)``; both DataFrames have ``entry, score`` (+ counts).
+    A bigram's entry is its two words with ``joiner`` between (``""`` for languages written
+    without spaces, as MetaCLIP 2 does)."""
     from pyspark.sql import functions as F
 
     with executor_errors():
@@ -247,41 +266,67 @@ def unigram_and_bigram_candidates(summed, cfg: Any):
     else:
         pmi = F.lit(None).cast("double")
     bigrams = (bi.join(u1, "w1").join(u2, "w2")
-               .select(F.concat_ws(" ", "w1", "w2").alias("entry"), pmi.alias("score"),
+               .select(F.concat_ws(joiner, "w1", "w2").alias("entry"), pmi.alias("score"),
                        F.col("c"), F.col("c1"), F.col("c2"))
                .where(F.col("score") >= cfg.bigram_min_pmi))
+    if joiner == "":
+        # two pairs can join to one string (北京大+学, 北京+大学): one candidate each, its best PMI,
+        # so that duplicates never take the places the cap leaves
+        bigrams = bigrams.groupBy("entry").agg(F.max("score").alias("score"))
     return unigrams, bigrams, totals
 
 
-def title_candidates(spark, pattern: str, cfg: Any, storage: Storage):
-    """``(titles, info, totals)``: the ``entry, score`` DataFrame of titles with total views >=
-    the threshold, input stats (incl. percent-decoding counts), and the persisted per-title
-    totals behind them (unpersist it when done)."""
+def title_totals_by_lang(spark, readers: dict[str, tuple[str, str, int]], storage: Storage):
+    """``(totals, info)``: the persisted ``lang, stat, entry, views`` DataFrame of every
+    language's summed title views (unpersist it when done), and per language its input stats
+    (incl. percent-decoding counts). ``readers``: language -> (pageview files, project,
+    min_line_views); languages reading the same files share one pass over them."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    files = expand_inputs(pattern, "pageview files", storage)
-    df = _one_per_partition(spark, [(f,) for f in files], "path string").mapInArrow(
-        _pageview_fn(cfg.pageview_project, cfg.pageview_min_line_views, storage), "entry string, views bigint, stat string")
-    totals = df.groupBy("stat", "entry").agg(F.sum("views").alias("views")).persist(StorageLevel.MEMORY_AND_DISK)
+    plan: dict[str, dict[str, int]] = {}
+    lang_of: dict[str, str] = {}
+    n_files: dict[str, int] = {}
+    for lang, (pattern, project, min_line_views) in readers.items():
+        files = expand_inputs(pattern, "pageview files" if len(readers) == 1 else f"pageview files of {lang}",
+                              storage)
+        n_files[lang] = len(files)
+        lang_of[project] = lang
+        for f in files:
+            plan.setdefault(f, {})[project] = min_line_views
+    df = _one_per_partition(spark, [(f,) for f in sorted(plan)], "path string").mapInArrow(
+        _pageview_fn(plan, lang_of, storage), "lang string, entry string, views bigint, stat string")
+    totals = (df.groupBy("lang", "stat", "entry").agg(F.sum("views").alias("views"))
+              .persist(StorageLevel.MEMORY_AND_DISK))
     with executor_errors():
-        stats = {r["stat"]: int(r["views"]) for r in totals.where(F.col("stat").isNotNull()).collect()}
-    titles = totals.where(F.col("stat").isNull() & (F.col("views") >= cfg.pageview_min_total_views)).select(
-        "entry", F.col("views").cast("double").alias("score"))
-    info = {"files": len(files), **{k: stats.get(k, 0) for k in ("percent_decoded", "undecodable",
-                                                                   "percent_literal")}}
-    if info["undecodable"]:
-        log.warning("pageviews: %d kept line(s) have %%-escapes that are not UTF-8; their titles were kept "
-                    "as they are", info["undecodable"])
-    return titles, info, totals
+        stats = {(r["lang"], r["stat"]): int(r["views"]) for r in totals.where(F.col("stat").isNotNull()).collect()}
+    info = {}
+    for lang in readers:
+        info[lang] = {"files": n_files[lang], **{k: stats.get((lang, k), 0) for k in ("percent_decoded", "undecodable",
+                                                                                   "percent_literal")}}
+        if info[lang]["undecodable"]:
+            log.warning("pageviews %s: %d kept line(s) have %%-escapes that are not UTF-8; their titles were kept "
+                        "as they are", lang, info[lang]["undecodable"])
+    return totals, info
 
 
-def collect_best(df, source: str, cap: int | None, n_prior: int, stats: dict) -> SourceCandidates:
-    """Count the candidates, then bring only the best ``cap + n_prior`` of them to the driver."""
+def titles_of(totals, lang: str, min_total_views: int):
+    """The ``entry, score`` DataFrame of one language's titles with total views >= the threshold."""
+    from pyspark.sql import functions as F
+
+    return totals.where(F.col("stat").isNull() & (F.col("lang") == lang)
+                        & (F.col("views") >= min_total_views)).select("entry", F.col("views").cast("double").alias("score"))
+
+
+def collect_best(df, source: str, cap: int | None, n_prior: int, stats: dict,
+                 share: float | None = None) -> SourceCandidates:
+    """Count the candidates, then bring only the best ``cap + n_prior`` of them to the driver
+    (``share``: the cap is at most that share of the candidates, :func:`metadata.merge.effective_cap`)."""
     from pyspark.sql import functions as F
 
     with executor_errors():
         total = df.count()
+        cap = effective_cap(cap, share, total)
         ranked = df.select("entry", "score").orderBy(F.col("score").desc(), F.col("entry").asc())
         if cap is not None:
             ranked = ranked.limit(cap + n_prior)
@@ -289,4 +334,6 @@ def collect_best(df, source: str, cap: int | None, n_prior: int, stats: dict) ->
             log.warning("%s: no cap, all %d candidates are collected to the driver", source, total)
         # bounded by cap + n_prior (metadata-sized), never by the dump size
         rows = [(r["entry"], float(r["score"])) for r in ranked.collect()]
+    if share is not None:
+        stats = {**stats, "cap_share": share}
     return SourceCandidates(source, rows, total=total, stats=stats)

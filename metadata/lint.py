@@ -12,7 +12,9 @@ text. Hence:
 * ``edge_space`` / ``double_space``: leading/trailing or doubled spaces; such an entry only
   matches texts with the same irregular spacing (alt-texts almost never have it).
 * ``one_char``: a single character; matches, but is mostly noise.
-* ``duplicate``: the same string again later in the list (ids are positions, so both stay).
+* ``duplicate``: the same string again later in the list (ids are positions, so both stay). A
+  list of several languages is linted per language (the stage passes each language's part):
+  the same string in two languages is two entries on purpose, not a duplicate.
 """
 from __future__ import annotations
 
@@ -44,8 +46,11 @@ def entry_findings(entry: str, rule: str = "metaclip1") -> list[str]:
 
 
 def lint_entries(entries: Sequence[str], sources: Sequence[str] | None = None,
-                 max_examples: int = 20, rule: str = "metaclip1") -> dict:
-    """Counts and first examples per finding, also split by source when ``sources`` is given."""
+                 max_examples: int = 20, rule: str = "metaclip1", ids: Sequence[int] | None = None) -> dict:
+    """Counts and first examples per finding, also split by source when ``sources`` is given.
+
+    ``ids``: the entries' ids in the whole list when ``entries`` is one language's part of it
+    (examples name those ids; default: the positions in ``entries``)."""
     counts = {name: 0 for name in FINDINGS}
     examples: dict[str, list] = {name: [] for name in FINDINGS}
     by_source: dict[str, dict[str, int]] = {}
@@ -61,7 +66,7 @@ def lint_entries(entries: Sequence[str], sources: Sequence[str] | None = None,
         for name in found:
             counts[name] += 1
             if len(examples[name]) < max_examples:
-                examples[name].append({"entry_id": i, "entry": entry})
+                examples[name].append({"entry_id": i if ids is None else int(ids[i]), "entry": entry})
             if sources is not None:
                 per = by_source.setdefault(sources[i], {})
                 per[name] = per.get(name, 0) + 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import zlib
 from array import array
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -56,9 +56,13 @@ class ArrowNgramCounter:
 
     ``chunk_tokens`` bounds the id buffer between vectorised passes; ``flush_pairs`` bounds the
     distinct bigrams held before :meth:`pending_flush` says the caller should emit partial counts.
+    ``tokenize`` turns plain text into tokens with ``""`` breaks (``metadata.segment``); the
+    default is English's :func:`metadata.wiki.tokens_with_breaks`.
     """
 
-    def __init__(self, chunk_tokens: int = 2_000_000, flush_pairs: int = 8_000_000) -> None:
+    def __init__(self, chunk_tokens: int = 2_000_000, flush_pairs: int = 8_000_000,
+                 tokenize: Callable[[str], list] | None = None) -> None:
+        self.tokenize = tokenize or tokens_with_breaks
         self.vocab = _Vocab({"": 0})
         self.chunk_tokens = chunk_tokens
         self.flush_pairs = flush_pairs
@@ -73,7 +77,7 @@ class ArrowNgramCounter:
 
     # ---------------------------------------------------------------- adding text
     def add_text(self, plain_text: str) -> None:
-        self._ids.extend(map(self.vocab.__getitem__, tokens_with_breaks(plain_text)))
+        self._ids.extend(map(self.vocab.__getitem__, self.tokenize(plain_text)))
         self._ids.append(0)  # texts never pair across each other
         if len(self._ids) >= self.chunk_tokens:
             self._count_chunk()
@@ -146,10 +150,10 @@ def totals_table(totals: dict[str, int]) -> pa.Table:
 
 
 def count_texts(wikitexts: Iterable[str], chunk_tokens: int = 2_000_000,
-                flush_pairs: int = 8_000_000) -> Iterator[pa.Table]:
+                flush_pairs: int = 8_000_000, tokenize: Callable[[str], list] | None = None) -> Iterator[pa.Table]:
     """Partial count tables of article wikitexts: one per ``flush_pairs`` distinct bigrams, the
     last one with the totals rows. Summing them (:func:`merge_count_tables`) gives the counts."""
-    counter = ArrowNgramCounter(chunk_tokens, flush_pairs)
+    counter = ArrowNgramCounter(chunk_tokens, flush_pairs, tokenize)
     for text in wikitexts:
         counter.add_page(text)
         if counter.pending_flush():

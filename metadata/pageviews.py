@@ -5,6 +5,8 @@ Wikipedia titles that are popular: per line we keep project ``en`` only (not ``e
 ``de``, …), lines with at least ``min_line_views`` views and no ``:`` in the title (that drops
 ``Special:``, ``File:``, ``Talk:`` … pages), sum the kept views per title over all files, and keep
 titles whose total reaches ``min_total_views``. The entry is the title with ``_`` -> space.
+Another language reads its own project (``de``, ``zh``) the same way; since every hourly file
+holds every project, :func:`iter_project_lines` serves several languages in one read.
 
 Percent-encoding: the dumps carry titles as they were requested, so one article can appear as
 ``Café`` and as ``Caf%C3%A9``. Titles containing ``%`` are percent-decoded as UTF-8 *before*
@@ -22,7 +24,7 @@ import gzip
 import io
 import logging
 from collections import Counter
-from typing import IO, Iterable, Iterator
+from typing import IO, Iterable, Iterator, Mapping
 from urllib.parse import unquote
 
 from curation.errors import InputError
@@ -79,6 +81,19 @@ def iter_kept_lines(path: str, project: str = DEFAULT_PROJECT, min_line_views: i
     ``stats`` (optional) counts lines whose title had a ``%``: ``percent_decoded``,
     ``undecodable`` (kept raw) and ``percent_literal`` (a ``%`` that is not an escape).
     """
+    for _, title, views in iter_project_lines(path, {project: min_line_views},
+                                              None if stats is None else {project: stats}, storage):
+        yield title, views
+
+
+def iter_project_lines(path: str, projects: Mapping[str, int], stats: Mapping[str, Counter] | None = None,
+                       storage: Storage | None = None) -> Iterator[tuple[str, str, int]]:
+    """``(project, decoded title, views)`` for the lines of the given projects that pass that
+    project's minimum views per line (``projects``: project -> min_line_views).
+
+    One read of an hourly file serves every language: each file holds all projects. ``stats``
+    (optional, per project) counts as in :func:`iter_kept_lines`.
+    """
     try:
         with _open_text(path, storage) as f:
             for line_no, line in enumerate(f, 1):
@@ -86,17 +101,18 @@ def iter_kept_lines(path: str, project: str = DEFAULT_PROJECT, min_line_views: i
                 if rec is None:
                     continue
                 proj, title, views = rec
-                if proj != project or views < min_line_views or not title:
+                min_views = projects.get(proj)
+                if min_views is None or views < min_views or not title:
                     continue
                 if "%" in title:
                     decoded, ok = decode_title(title)
-                    if stats is not None:
-                        stats["percent_decoded" if ok and decoded != title else
-                              "undecodable" if not ok else "percent_literal"] += 1
+                    if stats is not None and proj in stats:
+                        stats[proj]["percent_decoded" if ok and decoded != title else
+                                    "undecodable" if not ok else "percent_literal"] += 1
                     title = decoded
                 if ":" in title or not title:
                     continue
-                yield title, views
+                yield proj, title, views
     except (EOFError, gzip.BadGzipFile, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise InputError(f"pageview file not found: {path}") from exc
@@ -109,6 +125,15 @@ def file_title_views(path: str, project: str = DEFAULT_PROJECT, min_line_views: 
     totals: Counter = Counter()
     for title, views in iter_kept_lines(path, project, min_line_views, stats, storage):
         totals[title] += views
+    return totals
+
+
+def file_project_views(path: str, projects: Mapping[str, int], stats: Mapping[str, Counter] | None = None,
+                       storage: Storage | None = None) -> dict[str, Counter]:
+    """Kept views per (decoded) title within one file, per project."""
+    totals: dict[str, Counter] = {p: Counter() for p in projects}
+    for proj, title, views in iter_project_lines(path, projects, stats, storage):
+        totals[proj][title] += views
     return totals
 
 

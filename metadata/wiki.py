@@ -27,7 +27,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from curation.errors import InputError
 from curation.storage import Storage
@@ -154,14 +154,17 @@ class NgramCounts:
     n_unigrams: int = 0
     n_bigrams: int = 0
     pages: int = 0
+    #: tokens with ``""`` breaks (``metadata.segment``); None: English's :func:`token_runs`
+    tokenize: Callable[[str], list] | None = None
 
     @classmethod
-    def empty(cls) -> "NgramCounts":
-        return cls(Counter(), Counter())
+    def empty(cls, tokenize: Callable[[str], list] | None = None) -> "NgramCounts":
+        return cls(Counter(), Counter(), tokenize=tokenize)
 
     def add_text(self, plain_text: str) -> None:
         uni, bi = self.unigrams, self.bigrams
-        for toks in token_runs(plain_text):
+        runs = token_runs(plain_text) if self.tokenize is None else _split_runs(self.tokenize(plain_text))
+        for toks in runs:
             uni.update(toks)
             self.n_unigrams += len(toks)
             if len(toks) > 1:
@@ -171,6 +174,18 @@ class NgramCounts:
     def add_page(self, wikitext: str) -> None:
         self.add_text(strip_markup(wikitext))
         self.pages += 1
+
+
+def _split_runs(tokens: list[str]) -> Iterator[list[str]]:
+    run: list[str] = []
+    for t in tokens:
+        if t:
+            run.append(t)
+        elif run:
+            yield run
+            run = []
+    if run:
+        yield run
 
 
 def pmi(c_xy: float, c_x: float, c_y: float, n_unigrams: float, n_bigrams: float) -> float:
@@ -271,9 +286,9 @@ def article_texts(pages: Iterable[Page]) -> Iterator[str]:
             yield page.text
 
 
-def count_file(path: str) -> NgramCounts:
+def count_file(path: str, tokenize: Callable[[str], list] | None = None) -> NgramCounts:
     """Spark-free reference: n-gram counts of one whole dump file."""
-    counts = NgramCounts.empty()
+    counts = NgramCounts.empty(tokenize)
     for text in article_texts(iter_pages(path)):
         counts.add_page(text)
     return counts

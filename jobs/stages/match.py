@@ -122,6 +122,12 @@ class MatchStage(Stage):
     def run(self, ctx: StageContext, out: StageDir) -> dict:
         s: PoolConfig = ctx.settings(self)
         by_lang = ctx.settings(lid.LidStage).enabled
+        if not by_lang:
+            langs = lid.metadata_languages(ctx.dir(metadata.MetadataStage))
+            if len(langs) > 1:
+                log.warning("match: the metadata has entries in %d languages (%s) but lid.enabled is off: every "
+                            "caption is matched against every language's entries (switch lid on for MetaCLIP 2's "
+                            "per-language matching)", len(langs), ", ".join(langs))
         meta = ship_language_matchers(ctx, ctx.cfg.match.rule) if by_lang else ship_matcher(ctx, ctx.cfg.match.rule)
         units, bad = plan_units(s, ctx.storage)
         if bad:
