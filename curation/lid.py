@@ -232,6 +232,8 @@ class LanguageID:
     on every node; nothing is downloaded). Its labels go through ``normalise_code`` too.
     ``aliases``: extra label -> code merges after the built-in ones (``{"yue": "zh"}``).
     ``clean``: drop URLs, numbers, file names... first (``clean_caption``); on by default.
+    ``undetermined``: the code for captions whose language nothing was detected for (no letters
+    left after cleaning, or the detector's "unknown", e.g. CLD2 on "image"); default ``"other"``.
 
     Construction does no work and the object pickles as its settings, so a Spark job can build it
     on the driver and ship it, or build one per task: the CLD2 tables live in the extension and
@@ -240,7 +242,7 @@ class LanguageID:
 
     def __init__(self, languages: Iterable[str] | None = None, threshold: float = 0.0,
                  fasttext_model: str | Path | None = None, aliases: Mapping[str, str] | None = None,
-                 clean: bool = True):
+                 clean: bool = True, undetermined: str | None = None):
         if isinstance(languages, str):
             raise InputError(f"languages must be a list of codes, got the string {languages!r}")
         if not 0.0 <= float(threshold) <= 1.0:
@@ -249,6 +251,7 @@ class LanguageID:
         self.threshold = float(threshold)
         self.clean = bool(clean)
         self.fasttext_model = None if fasttext_model is None else str(Path(fasttext_model).expanduser().absolute())
+        self.undetermined = OTHER if undetermined in (None, "") else normalise_code(undetermined, self.aliases)
         if languages is None:
             self.languages = None
         else:
@@ -258,6 +261,8 @@ class LanguageID:
             if not codes:
                 raise InputError(f"languages holds no language code: {given!r}")
             self.languages = frozenset(codes)
+            if self.undetermined != OTHER and self.undetermined not in self.languages:
+                raise InputError(f"undetermined={undetermined!r} is not one of the languages {sorted(self.languages)}")
         if self.fasttext_model is not None:
             _fasttext_module()  # fail now, on the driver, with the message that says what to do
             if not Path(self.fasttext_model).is_file():
@@ -277,7 +282,7 @@ class LanguageID:
         return _cld2_detect(texts)
 
     def detect_scores(self, texts) -> tuple[list[str], np.ndarray]:
-        """(codes, confidences) for ``texts`` (a list, or an Arrow string array; None -> "other").
+        """(codes, confidences) for ``texts`` (a list, or an Arrow string array; None -> ``undetermined``).
 
         A confidence (float32) is that of the detected language, also where the code became
         "other" by the threshold or the language set; 0.0 where nothing was detected. The
@@ -297,13 +302,15 @@ class LanguageID:
         norm_cache: dict[str, str] = {}
         for i, s in enumerate(prepared):
             if s is None:
-                codes.append(OTHER)
+                codes.append(self.undetermined)
                 continue
             label, conf[i] = raw[s]
             code = norm_cache.get(label)
             if code is None:
                 code = norm_cache[label] = normalise_code(label, self.aliases)
-            if conf[i] < self.threshold or (self.languages is not None and code not in self.languages):
+            if code == OTHER:  # nothing detected
+                code = self.undetermined
+            elif conf[i] < self.threshold or (self.languages is not None and code not in self.languages):
                 code = OTHER
             codes.append(code)
         return codes, conf

@@ -40,6 +40,10 @@ class LidConfig:
                                                "instead of the bundled CLD2")
     min_confidence: float = setting(0.0, "captions detected with a lower confidence (0-1) count as 'other'",
                                     minimum=0, finite=True)
+    undetermined: str | None = setting(None, "the language of captions nothing is detected in (no letters, or "
+                                             "too short: CLD2 gives 'image' or 'IMG_1234.jpg' no language); "
+                                             "default 'other' (rejected at match), e.g. en to match them against "
+                                             "English entries")
 
 
 class LidStage(Stage):
@@ -69,6 +73,7 @@ class LidStage(Stage):
 
         pool = ctx.cfg.pool
         languages = metadata_languages(ctx.dir(metadata.MetadataStage))
+        _detector(s, languages)  # a wrong undetermined/model fails here, on the driver, in one line
         units, bad = plan_units(pool, ctx.storage)
         task = {"settings": asdict(s), "languages": languages, "text_col": pool.text_col, "storage": ctx.storage,
                 "out": out.url}
@@ -109,10 +114,11 @@ def _detector(s: LidConfig, languages: list[str]):
     """One LanguageID per worker process (a fastText model is loaded once)."""
     from curation.lid import LanguageID
 
-    key = (s.fasttext_model, s.min_confidence, tuple(languages))
+    key = (s.fasttext_model, s.min_confidence, tuple(languages), s.undetermined)
     if key not in _DETECTORS:
         _DETECTORS.clear()
-        _DETECTORS[key] = LanguageID(languages=languages, threshold=s.min_confidence, fasttext_model=s.fasttext_model)
+        _DETECTORS[key] = LanguageID(languages=languages, threshold=s.min_confidence, fasttext_model=s.fasttext_model,
+                                     undetermined=s.undetermined)
     return _DETECTORS[key]
 
 

@@ -115,6 +115,18 @@ def test_none_is_other_and_lengths_match(lid):
     assert lid.detect([]) == []
 
 
+def test_undetermined_captions_can_take_a_language():
+    """'image' (CLD2: unknown) and 'IMG_1234.jpg' (no letters left) get the `undetermined` code;
+    a caption detected as a language outside the set stays "other"."""
+    lid = LanguageID(languages=["en", "de"], undetermined="en")
+    texts = ["image", "IMG_1234.jpg", "Un canapé en cuir rouge dans un salon moderne et lumineux",
+             "Rotes Ledersofa in einem hellen, modernen Wohnzimmer"]
+    assert LanguageID(languages=["en", "de"]).detect(texts) == [OTHER, OTHER, OTHER, "de"]
+    assert lid.detect(texts) == ["en", "en", OTHER, "de"]
+    with pytest.raises(InputError, match="undetermined='fr' is not one of the languages"):
+        LanguageID(languages=["en", "de"], undetermined="fr")
+
+
 def test_a_language_outside_the_metadata_languages_is_other():
     texts = [t for _, t in SAMPLE[:6]]  # en en de de fr fr
     assert LanguageID(languages=["en", "fr"]).detect(texts) == ["en", "en", OTHER, OTHER, "fr", "fr"]
