@@ -3,16 +3,18 @@
   metacurate quickstart [--out runs/quickstart] [--tiny] [--train-steps N] [--master local[*]]
 
 Steps (each visible as it runs):
-  1. metadata  — real WordNet 3.0 + a generated Wikipedia-format dump and pageview files
+  1. metadata  — real WordNet 3.0 + a generated Wikipedia-format dump and pageview files (English),
+                 Open Multilingual Wordnet files for German and Chinese
   2. web       — procedurally rendered images (digits, shapes, colours, textures) served by an
-                 HTTP server on 127.0.0.1, a web-like pool of (URL, alt-text) with a head of
-                 generic captions, duplicates, broken links and corrupt files
+                 HTTP server on 127.0.0.1, a web-like pool of (URL, alt-text) in English, German and
+                 Chinese with a head of generic captions, duplicates, broken links and corrupt files
   3. eval sets — scikit-learn's handwritten digits and a held-out split, hashed for dedup;
                  a few held-out images are planted in the pool (re-encoded) to be caught
-  4. curate    — match -> count -> balance -> download -> dedup -> shard in Spark
+  4. curate    — lid -> match -> count -> balance -> download -> dedup -> shard in Spark
+                 (MetaCLIP 2 worldwide: each caption against its language's entries, a t per language)
   5. report    — distribution report + overlap audit
   6. train     — the tiny CLIP on the shards (FLIP masking, then unmasked tuning)
-  7. eval      — zero-shot on the real digits, retrieval on the held-out split
+  7. eval      — zero-shot on the real digits, retrieval on the held-out split in each language
 Prints where report/index.html is and the scores.
 """
 from __future__ import annotations
@@ -35,7 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-size", type=int, default=None, help="rows in the generated pool (default 3000; tiny 600)")
     p.add_argument("--train-steps", type=int, default=None,
                    help=f"training steps (default {DEFAULT_STEPS}; tiny 30)")
-    p.add_argument("--t", type=float, default=None, help="balancing threshold (default 60; tiny 20)")
+    p.add_argument("--t", type=float, default=None, help="balancing threshold of English (default 60; tiny 20); "
+                                                         "the other languages get the t with the same tail share")
+    p.add_argument("--languages", nargs="+", default=list(LANGUAGES), choices=list(LANGUAGES), metavar="LANG",
+                   help=f"caption languages of the miniature web (default: {' '.join(LANGUAGES)}); "
+                        "'en' alone runs MetaCLIP 1's English curation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--master", default="local[*]", help="Spark master (default local[*])")
     p.add_argument("--wordnet", default=None, help="WordNet 3.0 dict dir (default: /usr/share/wordnet)")
@@ -222,10 +228,38 @@ def _plant_overlaps(web: dict, heldout_dir: str, www: str, base_url: str, n: int
     return [u for u, _ in rows]
 
 
-def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: str, wordnet: str | None,
-                  step=None) -> dict:
-    """Metadata, the served web + pool, the held-out split and the hashed eval sets.
+#: The quickstart's caption languages and their share of the concrete captions (MetaCLIP 2
+#: worldwide curation; zh is written without spaces).
+LANGUAGES = {"en": 0.6, "de": 0.2, "zh": 0.2}
 
+
+def write_omw_tabs(out_dir: str, languages) -> str:
+    """Open Multilingual Wordnet ``wn-data-<code>.tab`` files for the non-English languages of the
+    miniature web: every concept word of the language (digits, colours, shapes, textures) as a
+    lemma of a made-up synset, the format MetaCLIP 2 builds its WordNet names from."""
+    from jobs import synthetic
+
+    codes = {"de": "deu", "zh": "cmn"}
+    for lang in languages:
+        if lang == "en":
+            continue
+        code = codes.get(lang, lang)
+        folder = os.path.join(out_dir, code)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"wn-data-{code}.tab"), "w", encoding="utf-8") as f:
+            f.write(f"# miniature web\t{code}\thttp://127.0.0.1/\tCC0\n")
+            for i, word in enumerate(synthetic.lang_words(lang)):
+                f.write(f"{90000000 + i:08d}-n\t{code}:lemma\t{word}\n")
+    return out_dir
+
+
+def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: str, wordnet: str | None,
+                  step=None, languages: dict[str, float] | None = None) -> dict:
+    """Metadata, the served web + pool, the held-out split(s) and the hashed eval sets.
+
+    ``languages``: the caption languages and their shares (default: English only); the metadata
+    then has a list per language (English from WordNet 3.0 and the dump, the others from Open
+    Multilingual Wordnet files) and the held-out split has a parallel copy per language.
     Returns paths and ``stop_server`` (the HTTP server keeps running for the download stage).
     """
     from eval.datasets import load_digits_dataset, write_image_folder
@@ -236,20 +270,34 @@ def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: st
     os.makedirs(data, exist_ok=True)
     wordnet_dir = find_wordnet(wordnet)
 
-    step("metadata: WordNet 3.0 + a generated Wikipedia dump and pageviews")
+    langs = list(languages or {"en": 1.0})
+    step("metadata: WordNet 3.0 + a generated Wikipedia dump and pageviews"
+         + (f"; Open Multilingual Wordnet lists for {', '.join(l for l in langs if l != 'en')}" if len(langs) > 1
+            else ""))
     wiki = os.path.join(data, "wiki", "enwiki-pages-articles.xml.bz2")
     pv = os.path.join(data, "pageviews")
     if not os.path.exists(wiki):
         os.makedirs(os.path.dirname(wiki), exist_ok=True)
         synthetic.make_wiki_dump(wiki, n_pages=60 if tiny else 200, seed=seed)
         synthetic.make_pageviews(pv, n_files=3, seed=seed)
-    meta_dir = os.path.join(data, "metadata")
+    meta_dir = os.path.join(data, "metadata" if langs == ["en"] else "metadata-" + "-".join(langs))
     if not os.path.exists(os.path.join(meta_dir, "metadata.json")):
-        _cli("metadata", "build", "--wordnet", wordnet_dir, "--wiki", wiki, "--pageviews", os.path.join(pv, "*.gz"),
+        extra: list[str] = []
+        if len(langs) > 1:
+            omw = write_omw_tabs(os.path.join(data, "omw"), langs)
+            extra = [a for lang in langs for a in ("--languages", lang)] + [
+                "--omw", omw, "--set", f"metadata.wiki={{en: {wiki}}}"]
+        else:
+            extra = ["--wiki", wiki]
+        _cli("metadata", "build", "--wordnet", wordnet_dir, "--pageviews", os.path.join(pv, "*.gz"),
              "--out", meta_dir, "--unigram-min-count", "20", "--bigram-min-pmi", "5", "--bigram-min-count", "5",
-             "--master", master)
+             "--master", master, *extra)
     n_entries = len(json.load(open(os.path.join(meta_dir, "metadata.json"))))
-    step.say(f"metadata: {n_entries:,} entries -> {meta_dir}")
+    report = json.load(open(os.path.join(meta_dir, "_report.json")))
+    per_lang = report.get("entries_per_lang") or {}
+    step.say(f"metadata: {n_entries:,} entries"
+             + (f" ({', '.join(f'{k} {v:,}' for k, v in per_lang.items())})" if len(per_lang) > 1 else "")
+             + f" -> {meta_dir}")
 
     step("web: rendering images, starting an HTTP server on 127.0.0.1, writing the pool")
     www_root = os.path.join(data, "web")
@@ -257,10 +305,14 @@ def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: st
     base_url, stop_server = synthetic.serve_directory(os.path.join(www_root, "www"), port=0)
     try:
         # workers=1: forking beside a live Spark gateway lets the children disturb its socket
-        web = synthetic.make_web_pool(www_root, n=pool_size, seed=seed, base_url=base_url, workers=1)
-        heldout = os.path.join(data, "heldout")
-        if not os.path.isdir(heldout):
-            synthetic.heldout_split(heldout, n=100 if tiny else 300, seed=seed + 1_000_003)
+        web = synthetic.make_web_pool(www_root, n=pool_size, seed=seed, base_url=base_url, workers=1,
+                                      languages=languages if len(langs) > 1 else None)
+        heldouts = {}
+        for lang in langs:  # the same images, captioned in each language
+            heldouts[lang] = os.path.join(data, "heldout" if lang == "en" else f"heldout-{lang}")
+            if not os.path.isdir(heldouts[lang]):
+                synthetic.heldout_split(heldouts[lang], n=100 if tiny else 300, seed=seed + 1_000_003, lang=lang)
+        heldout = heldouts[langs[0]]
         planted_urls = _plant_overlaps(web, heldout, os.path.join(www_root, "www"), base_url, 5 if tiny else 12, seed)
         from curation.balancing import uid_from_url
 
@@ -280,6 +332,7 @@ def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: st
         stop_server()
         raise
     return {"metadata": os.path.join(meta_dir, "metadata.json"), "pool": web["pool"], "heldout": heldout,
+            "heldouts": heldouts, "languages": langs,
             "planted": os.path.join(data, "planted.json"),
             "evalsets": evalsets, "stop_server": stop_server, "base_url": base_url}
 
@@ -297,7 +350,12 @@ def curate_run(world: dict, run_dir: str, *, t: float | None, seed: int, master:
                 # the miniature web is served on 127.0.0.1, which the download stage refuses by default
                 f"download: {{image_size: 64, processes: 2, threads: 8, timeout: 5, allow_loopback: true}}\n"
                 f"dedup: {{evalsets: {world['evalsets']}, k: 8}}\n"
-                f"shard: {{samples_per_shard: 250}}\nspark: {{master: '{master}'}}\n")
+                # several caption languages: MetaCLIP 2 worldwide (language ID, each caption against
+                # its language's entries, the metaclip2 rule for Chinese, a t per language); captions
+                # with no detectable language ('image', 'IMG_1234.jpg') count as English web alt-text
+                + ("lid: {enabled: true, undetermined: en}\nmatch: {rule: metaclip2}\n"
+                   if len(world.get("languages", ["en"])) > 1 else "")
+                + f"shard: {{samples_per_shard: 250}}\nspark: {{master: '{master}'}}\n")
     _cli("run", "--config", config_path, *(["--set", f"stages=[{', '.join(stages)}]"] if stages else []))
     from curation.rundir import RunDir
     from jobs.stages import balance, match
@@ -335,7 +393,9 @@ def train_and_eval(run_dir: str, world: dict, out: str, *, steps: int, seed: int
         done()
     results = os.path.join(out, "eval", "results.json")
     extra = ["--overlap", run_dir] if overlap else []
-    _cli("eval", "--checkpoint", train_dir, "--zeroshot", "digits", "--retrieval", world["heldout"],
+    heldouts = list((world.get("heldouts") or {"en": world["heldout"]}).values())
+    _cli("eval", "--checkpoint", train_dir, "--zeroshot", "digits",
+         *[a for h in heldouts for a in ("--retrieval", h)],
          "--out", results, "--html", os.path.join(out, "eval"), *extra)
     return json.load(open(results))
 
@@ -375,13 +435,17 @@ def _run(args, out: str, *, tiny: bool, pool_size: int, steps: int, t: float, ou
     run_dir = os.path.join(out, "run")
     step = _Steps(6, out_stream)
     get_spark(args.master)  # one session for every step
+    languages = {lang: share for lang, share in LANGUAGES.items() if lang in args.languages}
     world = prepare_world(out, tiny=tiny, pool_size=pool_size, seed=args.seed, master=args.master,
-                          wordnet=args.wordnet, step=step)
+                          wordnet=args.wordnet, step=step, languages=languages)
     try:
         step("curate: match -> count -> balance -> download -> dedup -> shard (Spark)")
         summary = curate_run(world, run_dir, t=t, seed=args.seed, master=args.master,
                              config_path=os.path.join(out, "run.yaml"))
         step.say(f"kept {summary['kept']:,} of {summary['matched']:,} matched captions (t = {t:g})")
+        for lang, v in (summary.get("per_language") or {}).items():
+            step.say(f"  {lang}: t = {v['t']:g} (tail share {v['tail_proportion']:.2f}), kept {v['rows_kept']:,} of "
+                     f"{v['rows_in']:,} rows, {v['head_entries']} head entries")
     finally:
         world["stop_server"]()
 
@@ -398,8 +462,11 @@ def _run(args, out: str, *, tiny: bool, pool_size: int, steps: int, t: float, ou
          "zero-shot on scikit-learn digits, retrieval on the held-out split")
     results = train_and_eval(run_dir, world, out, steps=steps, seed=args.seed, say=step.say)
     for name, value in sorted(results.get("metrics", {}).items()):
-        if name in ("zeroshot/digits/top1", "retrieval/heldout/mean_recall"):
+        if name == "zeroshot/digits/top1" or (name.startswith("retrieval/heldout") and name.endswith("/mean_recall")):
             step.say(f"{name} = {value:.3f}")
+    for name in results.get("collapsed", []):
+        step.say(f"note: the model does not tell the {name} images apart yet "
+                 f"({results['diagnostics'][name].get('why', '')}); its zero-shot score is chance level")
     step.finish()
     p = step.out
     print(f"\n  distribution report: {os.path.join(run_dir, 'report', 'index.html')}", file=p)

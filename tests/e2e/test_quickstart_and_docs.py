@@ -68,6 +68,15 @@ def test_quickstart_outputs(quickstart):
     # eval JSON present with the scores; reports reference existing PNGs
     results = json.loads((cwd / "runs" / "quickstart" / "eval" / "results.json").read_text())
     assert "zeroshot/digits/top1" in results["metrics"] and "retrieval/heldout/mean_recall" in results["metrics"]
+    # worldwide curation: three languages labelled, a t per language, retrieval per language
+    lid = json.loads((run / "lid" / "_summary.json").read_text())
+    assert {"en", "de", "zh"} <= set(lid["languages"])
+    per = json.loads((run / "balance" / "_summary.json").read_text())["per_language"]
+    assert set(per) == {"en", "de", "zh"} and all(v["rows_in"] > 0 for v in per.values())
+    assert per["en"]["t"] == 20 and sum(v["rows_kept"] for v in per.values()) == summ["balance"]["out"]
+    for lang in ("de", "zh"):
+        assert f"retrieval/heldout-{lang}/mean_recall" in results["metrics"]
+        assert f"{lang}: t = " in stdout
     for page in (run / "report" / "index.html", run / "audit" / "index.html"):
         parser = _Imgs()
         parser.feed(page.read_text())
