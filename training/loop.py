@@ -275,6 +275,12 @@ def train(cfg: TrainConfig, storage: Storage | None = None) -> dict[str, Any]:
     total_steps, samples_per_epoch = _run_length(cfg, urls, world, storage)
 
     resume_path = _find_resume(cfg, out, storage)
+    if resume_path is None and not cfg.resume:
+        earlier = list_checkpoints(join(out, "checkpoints"), storage)
+        if earlier:  # a fresh run here would mix its checkpoints and metrics with the earlier run's
+            raise InputError(f"{out} holds checkpoints of an earlier run ({earlier[-1].rsplit('/', 1)[-1]}, "
+                             f"{len(earlier)} in all): continue it with --resume latest, or train into another "
+                             "--out (as open_clip refuses an existing experiment name)")
     resumed = load_checkpoint(resume_path, storage=storage, require=("model_config", "model", "tokenizer",
                                                                      *TRAINING_KEYS)) if resume_path else None
     tokenizer = _prepare_tokenizer(cfg, out, urls, rank, world, resumed, storage)

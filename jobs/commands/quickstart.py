@@ -384,6 +384,10 @@ def shard_pattern(run_dir: str) -> str:
 def train_and_eval(run_dir: str, world: dict, out: str, *, steps: int, seed: int, overlap: bool = True,
                    say=None) -> dict:
     train_dir = os.path.join(out, "train")
+    if os.path.isdir(train_dir):  # a fresh model every time the quickstart runs (the trainer refuses to mix runs)
+        import shutil
+
+        shutil.rmtree(train_dir)
     done = _watch_training(os.path.join(train_dir, "metrics.jsonl"), steps, say) if say else (lambda: None)
     try:
         _cli("train", "--shards", shard_pattern(run_dir), "--model", "tiny", "--steps", str(steps), "--out",

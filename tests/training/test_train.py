@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from curation.errors import InputError
 from jobs.cli import main as cli_main
 from training.checkpoint import load_checkpoint, load_for_eval
 from training.loop import TrainConfig, train
@@ -56,6 +57,18 @@ def test_stop_and_resume_gives_identical_weights(shard_dir, tmp_path):
     c = load_checkpoint(other / "checkpoints" / "step_4.pt")
     d = load_checkpoint(straight / "checkpoints" / "step_4.pt")
     assert not torch.equal(c["model"]["visual.positions"], d["model"]["visual.positions"])
+
+
+def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(shard_dir, tmp_path):
+    """Without --resume, an earlier run's checkpoints (and metrics.jsonl, which would be appended
+    to) are not silently mixed with a new run's: eval of the folder would pick the old last step."""
+    out = tmp_path / "run"
+    train(_cfg(shard_dir, out, steps=4, save_every=100))
+    before = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(InputError, match=r"holds checkpoints of an earlier run \(step_4.pt, 1 in all\).*"
+                                         r"--resume latest"):
+        train(_cfg(shard_dir, out, steps=2, save_every=100))
+    assert (out / "metrics.jsonl").read_bytes() == before
 
 
 def test_cli_train_and_eval_contract_and_soups(shard_dir, tmp_path, capsys):
