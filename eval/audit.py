@@ -89,6 +89,7 @@ def _thumb_b64(data: bytes | None, size: int = 128) -> str:
 def _sweep_plot(ks: list[int], counts: list[int], k: int, confirmed: int | None) -> bytes:
     """The k-sweep plot as PNG bytes (written by the caller through the run's storage)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6.4, 3.6), dpi=110, layout="constrained")
     ax = fig.subplots()
@@ -96,12 +97,16 @@ def _sweep_plot(ks: list[int], counts: list[int], k: int, confirmed: int | None)
     if confirmed is not None:
         ax.scatter([k], [confirmed], color="#1a7f37", zorder=3, s=50, label=f"confirmed by the colour check at k = {k}")
     ax.axvline(k, color="#C44E52", linestyle="--", label=f"configured k = {k}")
-    ax.set_xlabel("Hamming distance threshold k")
-    ax.set_ylabel("pool images with an eval near-duplicate")
-    ax.set_ylim(0, max([1, *counts]) * 1.1)
+    ax.set_xlabel("Hamming distance threshold k (bits of 64)")
+    ax.set_ylabel("pool images with an\neval near-duplicate")
+    # counts of images: a linear axis from 0, whole numbers only (a handful of pairs must not get
+    # ticks at 0.5)
+    ax.set_ylim(0, max([1, *counts]) * 1.12)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(min(ks) - 0.5, max(ks) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", frameon=True, framealpha=0.9, edgecolor="none")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -204,7 +209,7 @@ def _audit_page(summary, q, e, d, colour, confirmed, uids, keys, ds, ekeys, srcs
     from curation import pages
 
     k, mcd = summary["k"], summary["max_colour_distance"]
-    rule = (f"a pool image counts as a copy when its pHash is within Hamming distance <b>{k}</b> of an eval "
+    rule = (f"A pool image counts as a copy when its pHash is within Hamming distance <b>{k}</b> of an eval "
             f"image's" + (f" and the two images' 8x8 colour grids differ by at most <b>{pages.num(mcd)}</b> "
                           "(mean over channels, 0-255): pHash sees only brightness, so same-layout images of "
                           "other colours would collide" if mcd is not None else "") + ".")
@@ -233,20 +238,32 @@ def _audit_page(summary, q, e, d, colour, confirmed, uids, keys, ds, ekeys, srcs
                         numeric=[False] + [True] * len(summary["k_sweep"]["k"]))
     order = np.lexsort((e, q, d))[:max_pairs]
     rows = []
+
+    def thumb(src: str, what: str) -> str:
+        # no <img> without a picture: a broken-image icon would look like a rendering fault
+        inner = f"<img src='{src}' alt='{what}'>" if src else f"<span class='na'>{what} not readable</span>"
+        return f"<div class='thumb'>{inner}</div>"
+
     for n in order:
         i, j = int(q[n]), int(e[n])
         left = _thumb_b64(images.get((tar_url(i), keys[i])))
         right = _thumb_b64(_load_source(srcs[j], storage) if srcs[j] else None)
         verdict = ("<span class='ok'>copy</span>" if confirmed[n] else
                    "<span class='na'>not a copy (colours differ)</span>")
-        rows.append([f"<img src='{left}' alt='pool image'>{pages.esc(uids[i])}",
-                     f"<img src='{right}' alt='eval image'>{pages.esc(ds[j])} / {pages.esc(ekeys[j])}",
+        rows.append([f"{thumb(left, 'pool image')}{pages.esc(uids[i])}",
+                     f"{thumb(right, 'eval image')}{pages.esc(ds[j])} / {pages.esc(ekeys[j])}",
                      str(int(d[n])), "–" if np.isnan(colour[n]) else f"{colour[n]:.1f}", verdict])
-    pairs = pages.table(["pool image", "eval image", "Hamming", "colour difference", "verdict"], rows,
-                        raw=True, element_id="pairs",
+    pairs = pages.table(["pool image", "eval image", "Hamming distance", "colour difference", "verdict"], rows,
+                        raw=True, element_id="pairs", numeric=[False, False, True, True, False],
                         empty=f"No overlaps found: no pool image has an eval image within Hamming distance {k}.")
-    pairs = pairs.replace("<td><img", "<td class='img'><img")
-    body = (f"<p>{rule}</p><div class='cards'>{''.join(cards)}</div>{truth}"
+    verdict_note = ""
+    if summary["overlapping_pool_images"] == 0:
+        rejected = summary["phash_pairs"] - summary["pairs"]
+        verdict_note = pages.note(
+            "<b>No overlaps found</b>: no pool image counts as a copy of an evaluation image"
+            + (f" (the {pages.num(rejected)} pHash pair{'s' if rejected != 1 else ''} within k = {k} "
+               "differ in colour: listed below)" if rejected else f" within Hamming distance {k}") + ".")
+    body = (f"<p>{rule}</p><div class='cards'>{''.join(cards)}</div>{verdict_note}{truth}"
             f"<h2>Overlap per evaluation set</h2>{per_set}"
             f"<h2>Sweep over k</h2><figure><img src='k_sweep.png' alt='pool images with an eval near-duplicate "
             f"for each k'><figcaption>How many pool images have an eval image within each Hamming distance "

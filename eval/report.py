@@ -29,12 +29,16 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import html
 import io
 import json
+import math
 import os
+import textwrap
 from typing import Any, Iterable
 
+import numpy as np
+
+from curation.pages import card, esc, figure, note, num, page, pct, table
 from curation.storage import Storage, join
 
 SCHEMA = "metacurate.eval/1"
@@ -158,69 +162,216 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
 
+def recall_chance(k: int, candidates: int, correct: float = 1.0) -> float:
+    """Recall@K of a model that ranks the candidates at random: the chance that at least one of
+    ``correct`` right answers is among K drawn from ``candidates`` (K / candidates for one)."""
+    n, c = int(candidates), max(1, int(round(correct)))
+    if n <= 0:
+        return 0.0
+    if k >= n - c + 1:
+        return 1.0
+    miss = 1.0
+    for i in range(k):
+        miss *= (n - c - i) / (n - i)
+    return 1.0 - miss
+
+
+def _k_of(name: str) -> int:
+    """``"R@10"`` -> 10."""
+    return int(str(name).split("@")[-1])
+
+
+def retrieval_chance(r: dict) -> dict[str, dict[str, float]]:
+    """Chance level of each recall in a retrieval result: image→text ranks all captions (an image's
+    own captions are right), text→image ranks all images (one is right)."""
+    n_img, n_txt = int(r.get("n_images") or 0), int(r.get("n_texts") or 0)
+    per_image = n_txt / n_img if n_img else 1.0
+    return {"image_to_text": {k: recall_chance(_k_of(k), n_txt, per_image) for k in r.get("image_to_text", {})},
+            "text_to_image": {k: recall_chance(_k_of(k), n_img, 1.0) for k in r.get("text_to_image", {})}}
+
+
+CHANCE = "#555555"
+BLUE, ORANGE = "#4C72B0", "#DD8452"
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=110, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _percent_axis(ax, top: float) -> None:
+    """A 0-based percentage axis up to a round value just above ``top`` (a fraction)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    hi = min(100.0, max(10.0, math.ceil(100 * top * 1.15 / 10) * 10))
+    ax.set_ylim(0, hi)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10], integer=True))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0f}%"))
+    ax.grid(axis="y", alpha=0.3, linewidth=0.6)
+
+
+def _wrap_label(name: str, width: int = 14) -> str:
+    """A class name on at most two lines, so long names neither overlap nor run off the plot."""
+    text = textwrap.fill(str(name), width)
+    lines = text.splitlines()
+    return "\n".join(lines[:2]) + ("…" if len(lines) > 2 else "")
+
+
+def plot_zeroshot(ds: str, r: dict) -> bytes:
+    """Per-class top-1 accuracy with the chance level (1 / classes) and the overall top-1."""
+    names = list(r["per_class"])
+    acc = [float(r["per_class"][n]) for n in names]
+    n = len(names)
+    chance = 1.0 / n if n else 0.0
+    many = n > 40  # too many to label: sorted accuracies show the spread instead
+    fig = _figure(max(6.5, min(13.0, 1.5 + 0.42 * n)) if not many else 10.0, 4.2)
+    ax = fig.add_subplot()
+    if many:
+        order = np.argsort(acc)[::-1]
+        ax.bar(np.arange(n), [100 * acc[i] for i in order], 1.0, color=BLUE)
+        ax.set_xlabel(f"{n} classes, sorted by accuracy")
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.set_xticks([])
+    else:
+        x = np.arange(n)
+        ax.bar(x, [100 * a for a in acc], 0.7, color=BLUE)
+        long = max((len(str(s)) for s in names), default=0)
+        rotate = n > 12 or long > 10
+        ax.set_xticks(x, [_wrap_label(s) if not rotate else str(s)[:24] for s in names],
+                      rotation=45 if rotate else 0, ha="right" if rotate else "center",
+                      rotation_mode="anchor", fontsize=8.5 if n > 20 else 9.5)
+        ax.set_xlim(-0.6, n - 0.4)
+    ax.axhline(100 * chance, color=CHANCE, ls="--", lw=1.2, label=f"chance: 1 / {n} classes = {100 * chance:.1f}%")
+    ax.axhline(100 * r["top1"], color=ORANGE, lw=1.4, label=f"top-1 over all images: {100 * r['top1']:.1f}%")
+    _percent_axis(ax, max(acc + [r["top1"], chance]))
+    ax.set_ylabel("top-1 accuracy of the class")
+    ax.set_title(f"Zero-shot per-class accuracy: {ds} ({r.get('n', sum(r.get('class_counts', {}).values())):,} images)")
+    ax.legend(loc="upper right", fontsize=8.5, frameon=True, framealpha=0.9, edgecolor="none")
+    return _png(fig)
+
+
+def plot_retrieval(ds: str, r: dict) -> bytes:
+    """Recall@K both ways, each bar with its chance level."""
+    ks = list(r["image_to_text"])
+    chance = retrieval_chance(r)
+    fig = _figure(6.8, 4.0)
+    ax = fig.add_subplot()
+    width = 0.38
+    x = np.arange(len(ks))
+    tops = []
+    for off, key, color, label in ((-width / 2, "image_to_text", BLUE, "image → text"),
+                                   (width / 2, "text_to_image", ORANGE, "text → image")):
+        vals = [float(r[key].get(k, 0.0)) for k in ks]
+        bars = ax.bar(x + off, [100 * v for v in vals], width, color=color, label=label)
+        # on a white ground: a label can sit on a chance dash of a short bar
+        ax.bar_label(bars, [f"{100 * v:.0f}%" if v >= 0.1 else f"{100 * v:.1f}%" for v in vals],
+                     fontsize=8, padding=2, zorder=4,
+                     bbox=dict(facecolor="white", edgecolor="none", pad=0.6, alpha=0.85))
+        for xi, k in zip(x, ks):  # a dash across each bar at the level random ranking reaches
+            ax.hlines(100 * chance[key][k], xi + off - width / 2, xi + off + width / 2, colors=CHANCE,
+                      linestyles="--", lw=1.3)
+        tops += vals + list(chance[key].values())
+    ax.plot([], [], color=CHANCE, ls="--", lw=1.3, label="chance (random ranking)")
+    ax.set_xticks(x, [f"recall@{_k_of(k)}" for k in ks])
+    _percent_axis(ax, max(tops or [0.1]))
+    ax.set_ylabel("queries with a right answer in the top K")
+    ax.set_title(f"Retrieval: {ds} ({r.get('n_images', 0):,} images, {r.get('n_texts', 0):,} captions)")
+    ax.legend(loc="upper left", fontsize=8.5, frameon=True, framealpha=0.9, edgecolor="none")
+    return _png(fig)
+
+
+def _zeroshot_rows(results: dict) -> list[list[Any]]:
+    rows = []
+    for ds, r in results.get("zeroshot", {}).items():
+        n_cls = len(r.get("per_class", {})) or None
+        ov = r.get("overlap") or {}
+        clean = (ov.get("clean") or {}).get("top1")
+        rows.append([ds, r.get("n"), len(r.get("per_class", {})), r.get("num_templates"), pct(r["top1"]),
+                     pct(r["top5"]), pct(r["mean_per_class"]),
+                     pct(1 / n_cls) if n_cls else "–", pct(min(5, n_cls) / n_cls) if n_cls else "–",
+                     f"{pct(clean)} ({num(ov.get('n_overlapping'))} removed)" if clean is not None else "–"])
+    return rows
+
+
+def _retrieval_rows(results: dict) -> list[list[Any]]:
+    rows = []
+    for ds, r in results.get("retrieval", {}).items():
+        chance = retrieval_chance(r)
+        clean = (r.get("overlap") or {}).get("clean") or {}
+        for key, label, candidates in (("image_to_text", "image → text", r.get("n_texts")),
+                                       ("text_to_image", "text → image", r.get("n_images"))):
+            cells = " · ".join(f"R@{_k_of(k)} {pct(v)}" for k, v in r[key].items())
+            ch = " · ".join(f"{pct(v)}" for v in chance[key].values())
+            cl = " · ".join(f"{pct(v)}" for v in (clean.get(key) or {}).values()) or "–"
+            rows.append([ds, label, candidates, cells, ch, cl])
+        rows.append([ds, "mean recall", "", pct(r.get("mean_recall")), "", pct(clean.get("mean_recall"))])
+    return rows
+
+
 def write_summary(results: dict, out_dir: str | os.PathLike, storage: Storage | None = None) -> str:
-    """``out_dir/index.html`` with the metric table and one PNG per zero-shot/retrieval set;
-    returns the page's path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """``out_dir/index.html`` with the scores (and their chance levels) and one PNG per
+    zero-shot/retrieval set; returns the page's path."""
     storage = storage or Storage.from_env()
     out = os.fspath(out_dir)
-    figs: list[tuple[str, str]] = []
-
-    def save(fig, ax, task: str, ds: str, title: str) -> None:
-        ax.set_ylim(0, 1)
-        ax.set_title(title)
-        fig.tight_layout()
-        fname = f"{task}_{_safe(ds)}.png"
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        storage.write_bytes(join(out, fname), buf.getvalue())
-        figs.append((f"{task} {ds}", fname))
-
+    figs: list[str] = []
     for ds, r in results.get("zeroshot", {}).items():
-        names = list(r["per_class"])
-        fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(names) + 1), 3), dpi=100)
-        ax.bar(range(len(names)), [r["per_class"][n] for n in names], color="tab:blue")
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-        ax.set_ylabel("top-1")
-        save(fig, ax, "zeroshot", ds, f"zero-shot per-class accuracy: {ds}")
+        fname = f"zeroshot_{_safe(ds)}.png"
+        storage.write_bytes(join(out, fname), plot_zeroshot(ds, r))
+        figs.append(figure(fname, f"Zero-shot {ds}: top-1 accuracy of each class; the dashed line is chance "
+                                  f"(one class in {len(r['per_class'])}), the solid one the overall top-1.",
+                           element_id=f"zeroshot-{_safe(ds)}"))
     for ds, r in results.get("retrieval", {}).items():
-        ks = list(r["image_to_text"])
-        fig, ax = plt.subplots(figsize=(4.5, 3), dpi=100)
-        width = 0.38
-        xs = range(len(ks))
-        ax.bar([x - width / 2 for x in xs], [r["image_to_text"][k] for k in ks], width,
-               label="image→text")
-        ax.bar([x + width / 2 for x in xs], [r["text_to_image"][k] for k in ks], width,
-               label="text→image")
-        ax.set_xticks(list(xs), ks)
-        ax.legend(fontsize=8)
-        save(fig, ax, "retrieval", ds, f"retrieval recall: {ds}")
-    metrics = results.get("metrics") or flatten_metrics(results)
-    rows = "\n".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
-                     for k, v in metrics.items())
-    imgs = "\n".join(f"<figure><img src='{html.escape(f)}' alt='{html.escape(t)}'>"
-                     f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, f in figs)
+        fname = f"retrieval_{_safe(ds)}.png"
+        storage.write_bytes(join(out, fname), plot_retrieval(ds, r))
+        figs.append(figure(fname, f"Retrieval {ds}: recall@K both ways; each dash is what ranking at random "
+                                  "reaches (K of the candidates, more for image → text when an image has "
+                                  "several captions).", element_id=f"retrieval-{_safe(ds)}"))
     model = results.get("model", {})
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>metacurate eval</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td{{padding:2px 10px}}
-figure{{display:inline-block;margin:8px}}</style></head><body>
-<h1>Evaluation of {html.escape(str(results.get('checkpoint', '')))}</h1>
-<p>model {html.escape(str(model.get('class')))}, image size {model.get('image_size')},
-GMACs/sample {model.get('gmacs_per_sample')}, samples seen {results.get('samples_seen')};
-{html.escape(str(results.get('created_utc', '')))}</p>
-<table><tr><th>metric</th><th>value</th></tr>
-{rows}
-</table>
-{imgs}
-</body></html>
-"""
+    cards = [card("model", esc(model.get("class", "–"))), card("image size", num(model.get("image_size"))),
+             card("GMACs per sample", num(model.get("gmacs_per_sample"))),
+             card("samples seen", num(results.get("samples_seen"))),
+             card("training compute (GMACs)", num(results.get("compute_gmacs")))]
+    notes = ""
+    for ds in results.get("collapsed") or []:
+        why = ((results.get("diagnostics") or {}).get(ds) or {}).get("why", "")
+        notes += note(f"<b>{esc(ds)}</b>: the model does not tell these images apart yet ({esc(why)}); its "
+                      "scores there are at chance level.", warn=True)
+    body = f"<div class='cards'>{''.join(cards)}</div>{notes}"
+    if results.get("zeroshot"):
+        body += "<h2>Zero-shot classification</h2>" + table(
+            ["dataset", "images", "classes", "templates", "top-1", "top-5", "mean per class", "chance top-1",
+             "chance top-5", "top-1 without overlap"], _zeroshot_rows(results),
+            numeric=[False, True, True, True, True, True, True, True, True, True], element_id="zeroshot")
+    if results.get("retrieval"):
+        body += "<h2>Retrieval</h2>" + table(
+            ["dataset", "direction", "candidates", "recall", "chance (same K)", "without overlap"],
+            _retrieval_rows(results), numeric=[False, False, True, False, False, False], element_id="retrieval")
+    if results.get("linear_probe"):
+        lp = [[ds, pct(r["top1"]), num(r.get("best_C")), r.get("n_train"), r.get("n_val"), r.get("n_test"),
+               pct(((r.get("overlap") or {}).get("clean") or {}).get("top1"))]
+              for ds, r in results["linear_probe"].items()]
+        body += "<h2>Linear probe</h2>" + table(
+            ["dataset", "top-1", "C", "train images", "validation images", "test images", "top-1 without overlap"],
+            lp, numeric=[False, True, True, True, True, True, True], element_id="linear-probe")
+    if figs:
+        body += "<h2>Plots</h2>" + "".join(figs)
+    metrics = results.get("metrics") or flatten_metrics(results)
+    body += ("<details><summary>Every metric under its stable name (as in results.json and "
+             "<code>metacurate scaling collect</code>)</summary>"
+             + table(["metric", "value"], [[k, v] for k, v in metrics.items()], numeric=[False, True],
+                     element_id="metrics") + "</details>")
+    subtitle = (f"checkpoint <code>{esc(results.get('checkpoint', ''))}</code> · evaluated "
+                f"{esc(results.get('created_utc', ''))}")
     page_url = join(out, "index.html")
-    storage.write_bytes(page_url, page.encode("utf-8"))
+    storage.write_bytes(page_url, page(f"metacurate eval — {results.get('checkpoint', '')}", subtitle, body,
+                                       heading="Evaluation").encode("utf-8"))
     return page_url
 
 

@@ -12,17 +12,16 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import io
-import json
 import logging
-import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from curation import pages
 from curation.errors import InputError
 from curation.rundir import SUMMARY, RunDir, StageDir
 from curation.stats import (
@@ -63,12 +62,16 @@ class StageInfo:
 
     @property
     def reconciles(self) -> bool | None:
-        """in == out + Σ rejected, when the summary has all three."""
+        """in == out + Σ rejected. Checked on the summary's numbers when it has all three (a file
+        edited since must not pass on its old flag), else the ``reconciled`` flag every stage
+        writes; None when the summary says neither."""
         s = self.summary or {}
         rej = self.rejected_total
-        if not isinstance(s.get("in"), (int, float)) or not isinstance(s.get("out"), (int, float)) or rej is None:
-            return None
-        return int(s["in"]) == int(s["out"]) + rej
+        numbers_ = all(isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool) for k in ("in", "out"))
+        if numbers_ and rej is not None:
+            return int(s["in"]) == int(s["out"]) + rej
+        flag = s.get("reconciled")
+        return flag if isinstance(flag, bool) else None
 
 
 @dataclass
@@ -283,13 +286,50 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}" if n == int(n) else f"{n:.3g}"
 
 
-def _decorate(ax, title: str, xlabel: str, ylabel: str, legend: str | None, *, xlog: bool = True,
-              ylog: bool = False, percent: bool = False) -> None:
-    """The axis dressing every line plot shares: scales, labels, title, grid, legend."""
-    if xlog:
-        ax.set_xscale("log")
-    if ylog:
-        ax.set_yscale("log")
+def _count_labels(axis) -> None:
+    """Tick labels as people read counts (1, 20, 1k, 2.5M) instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: _fmt(v)))
+
+
+def _log_axis(ax, which: str, lo: float, hi: float) -> None:
+    """A log axis spanning the data: limits just outside [lo, hi] (no empty decade beyond the
+    largest value), 1-2-5 ticks when the data span three decades or less (so a short axis still
+    has several labels), readable labels."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    lo, hi = max(float(lo), 1e-9), max(float(hi), float(lo), 1e-9)
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    (ax.set_xlim if which == "x" else ax.set_ylim)(lo / 1.3, hi * 1.3)
+    subs = (1.0, 2.0, 5.0) if hi / lo <= 1000 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_minor_formatter(NullFormatter())
+    _count_labels(axis)
+
+
+def _count_axis(ax, which: str, lo: float, hi: float, log_ratio: float = 30.0) -> bool:
+    """Fit an axis of counts to the data: log when the values span more than ``log_ratio``×, else
+    linear from 0 (a bar's length is then its count). Returns whether the axis is log."""
+    lo, hi = max(float(lo), 0.5), max(float(hi), 1.0)
+    if hi / lo > log_ratio:
+        _log_axis(ax, which, lo, hi)
+        return True
+    (ax.set_xlim if which == "x" else ax.set_ylim)(0, hi * 1.06)
+    _count_labels(ax.xaxis if which == "x" else ax.yaxis)
+    return False
+
+
+def _decorate(ax, title: str, xlabel: str, ylabel: str, legend: str | None, *,
+              xrange: tuple[float, float] | None = None, yrange: tuple[float, float] | None = None,
+              percent: bool = False) -> None:
+    """The axis dressing every line plot shares: log axes fitted to ``xrange`` / ``yrange``
+    (None: linear), labels, title, grid, legend."""
+    if xrange is not None:
+        _log_axis(ax, "x", *xrange)
+    if yrange is not None:
+        _log_axis(ax, "y", *yrange)
     if percent:
         ax.set_ylim(0, 101)
     ax.set_xlabel(xlabel)
@@ -297,7 +337,7 @@ def _decorate(ax, title: str, xlabel: str, ylabel: str, legend: str | None, *, x
     ax.set_title(title)
     ax.grid(**GRID)
     if legend:
-        ax.legend(loc=legend, frameon=False)
+        ax.legend(loc=legend, frameon=True, framealpha=0.9, edgecolor="none")
 
 
 def _log_ranks(n: int, points: int = 3000) -> np.ndarray:
@@ -319,9 +359,11 @@ def plot_counts_sorted(data: RunData) -> bytes:
         j = _log_ranks(len(after))
         ax.plot(j + 1, after[j], color=AFTER, lw=1.6, label=f"after balancing ({len(after):,} entries kept)")
     ax.axhline(data.t, color=T_COLOR, ls="--", lw=1.3, label=f"t = {_fmt(data.t)}")
+    n = max(len(before), len(after), 1)
+    values = np.concatenate([before, after, [data.t]])
     _decorate(ax, "Entry counts sorted, before and after balancing",
               "entry rank (1 = most matched entry, log scale)", "texts containing the entry (log scale)",
-              "upper right", ylog=True)
+              "upper right", xrange=(1, n), yrange=(values.min(), values.max()))
     return _png(fig)
 
 
@@ -345,7 +387,8 @@ def plot_cumulative_share(data: RunData) -> bytes:
         ax.axvline(head, color=T_COLOR, ls="--", lw=1.2, label=f"{head:,} head entries (count > t = {_fmt(data.t)})")
     _decorate(ax, "Cumulative share of matches held by the most frequent entries",
               "top-k entries, ranked by matches (k, log scale)",
-              "share of all matches held by the top-k entries (%)", "upper left", percent=True)
+              "share of all matches held by the top-k entries (%)", "upper left",
+              xrange=(1, max(len(before), len(after), 2)), percent=True)
     return _png(fig)
 
 
@@ -421,19 +464,21 @@ def plot_top_head(data: RunData, top: list[dict[str, Any]]) -> bytes:
     y = np.arange(n)[::-1]
     labels = [_short(r["entry"]) + f"  ({r['source']})" for r in top]
     counts = [r["count"] for r in top]
-    kept = [max(r["kept"], 0.8) for r in top]  # a 0 would vanish on the log axis
+    lo = min(data.t, *(r["kept"] for r in top if r["kept"] > 0)) if any(r["kept"] > 0 for r in top) else data.t
+    log = _count_axis(ax, "x", lo, max(max(counts), data.t))
+    floor = lo / 1.3 if log else 0.0
+    kept = [max(r["kept"], floor) for r in top]  # a 0 would vanish on a log axis: drawn at its edge
     ax.barh(y, counts, 0.8, color=BEFORE, alpha=0.45, label="count before balancing")
     ax.barh(y, kept, 0.5, color=AFTER, label="kept after balancing")
+    # the "count -> kept" figures sit in a column right of the axes: inside, they would need room
+    # that stretches the axis past the data
     for yy, r in zip(y, top):
-        ax.annotate(f"{_fmt(r['count'])} → {_fmt(r['kept'])}", xy=(r["count"], yy), xytext=(4, 0),
-                    textcoords="offset points", va="center", fontsize=7.5, color="#333333")
+        ax.annotate(f"{_fmt(r['count'])} → {_fmt(r['kept'])}", xy=(1.0, yy), xycoords=("axes fraction", "data"),
+                    xytext=(6, 0), textcoords="offset points", va="center", fontsize=8, color="#333333")
     ax.axvline(data.t, color=T_COLOR, ls="--", lw=1.2, label=f"t = {_fmt(data.t)} (cap min(count, t))")
-    ax.set_xscale("log")
     ax.set_yticks(y, labels, fontsize=8.5)
     ax.set_ylim(-0.7, n - 0.3)
-    if n:  # room on the right for the "count → kept" labels (log axis: a factor, not a margin)
-        ax.set_xlim(max(0.5, min(data.t, min(kept)) / 3), max(max(counts), data.t) * 12)
-    ax.set_xlabel("texts containing the entry (log scale)")
+    ax.set_xlabel("texts containing the entry" + (" (log scale)" if log else ""))
     ax.set_title(f"Top-{n} head entries (count > t): count before → kept after balancing")
     ax.grid(axis="x", **GRID)
     ax.tick_params(axis="y", length=0)
@@ -451,7 +496,8 @@ def plot_tail_coverage(data: RunData, sources: list[dict[str, Any]]) -> bytes:
     fig = _figure(12, 4.8)
     ax, ax2 = fig.subplots(1, 2, width_ratios=[1.5, 1])
     if len(positive):
-        xs = np.unique(np.concatenate([np.geomspace(1, max(positive.max(), data.t) * 1.5, 400), [data.t]]))
+        hi = max(float(positive.max()), data.t)
+        xs = np.unique(np.concatenate([np.geomspace(1, hi * 1.3, 400), [data.t]]))
         cov = 100 * coverage_curve(counts, xs)
         ax.plot(xs, cov, color="#55A868", lw=2, label="entries with count ≤ x")
         at_t = 100 * float(coverage_curve(counts, [data.t])[0])
@@ -460,7 +506,8 @@ def plot_tail_coverage(data: RunData, sources: list[dict[str, Any]]) -> bytes:
                    label=f"chosen t = {_fmt(data.t)}: {at_t:.1f}% of matched\nentries kept at 100%")
         ax.plot([data.t], [at_t], "o", color=T_COLOR)
     _decorate(ax, "Tail coverage: entries kept whole if t = x", "threshold x (log scale)",
-              "share of matched entries (%)", "lower right", percent=True)
+              "share of matched entries (%)", "lower right", percent=True,
+              xrange=(1, max(float(positive.max()), data.t)) if len(positive) else None)
     rows = sources[::-1]
     y = np.arange(len(rows))
     cov_src = [100 * r["tail_coverage"] for r in rows]
@@ -498,88 +545,217 @@ def plot_kept_vs_t(data: RunData, curve: dict[str, Any]) -> bytes:
     positive = t[t > 0]
     xlog = bool(len(positive) and positive.max() / positive.min() > 20)
     _decorate(ax, "Kept fraction vs t", "t (log scale)" if xlog else "t",
-              f"kept share of {_fmt(matched)} matched texts (%)", "lower right", xlog=xlog, percent=True)
+              f"kept share of {_fmt(matched)} matched texts (%)", "lower right", percent=True,
+              xrange=(positive.min(), positive.max()) if xlog else None)
+    if not xlog:
+        _count_labels(ax.xaxis)
     return _png(fig)
 
 
+# ----------------------------------------------------------------------------- summaries in words
+#: How a stage-summary field reads: its label and its kind, in the order a page lists them. Kinds:
+#: a unit (``rows``, ``texts``, ``images``, ``samples``: a number with that unit), ``number`` (a
+#: plain number), ``s`` (seconds), ``bytes``, ``frac`` (a fraction, shown as %), ``num`` / ``text``
+#: / ``bool`` / ``list``, ``skip`` (internals, or shown in a section of its own). A field not
+#: listed here still shows, its key spelled out in words, before the times.
+FIELDS: dict[str, tuple[str, str]] = {
+    "stage": ("stage", "skip"),
+    "in": ("rows in", "rows"),
+    "out": ("rows out", "rows"),
+    "rejected": ("rows rejected", "skip"),
+    "reconciled": ("in = out + rejected", "bool"),
+    "metadata_fingerprint": ("metadata fingerprint", "skip"),
+    # metadata
+    "entries": ("entries", "number"),
+    "entries_per_lang": ("entries per language", "number"),
+    "entries_per_source": ("entries per source", "number"),
+    "lint_duplicates": ("duplicate entries (lint)", "number"),
+    "lint_never_match": ("entries that can never match (lint)", "number"),
+    # lid
+    "enabled": ("enabled", "bool"),
+    "languages": ("captions per language", "texts"),
+    "metadata_languages": ("metadata languages", "list"),
+    # match
+    "n_entries": ("metadata entries", "number"),
+    # count
+    "entries_matched": ("entries matched", "number"),
+    "entries_total": ("entries in the metadata", "number"),
+    "entries_counted": ("entries counted", "number"),
+    "max_count": ("largest entry count", "texts"),
+    "occurrences": ("entry matches (entry–text pairs)", "number"),
+    # balance
+    "t": ("t (texts kept per entry, at most)", "num"),
+    "target_size": ("target size", "texts"),
+    "tail_p": ("tail share", "frac"),
+    "seed": ("seed", "text"),
+    "mode": ("mode", "text"),
+    "after": ("balanced after the stage", "text"),
+    "online": ("drawn anew every epoch", "bool"),
+    "pool": ("pool texts", "texts"),
+    "matched": ("matched texts", "texts"),
+    "expected_kept": ("expected kept", "texts"),
+    "kept": ("kept", "texts"),
+    "head_entries": ("head entries (count > t)", "number"),
+    "tail_entries": ("tail entries (count ≤ t)", "number"),
+    "per_language": ("per language", "skip"),
+    "lang_in": ("rows in per language", "rows"),
+    "lang_kept": ("rows kept per language", "rows"),
+    # download
+    "bytes": ("downloaded", "bytes"),
+    # dedup
+    "k": ("Hamming distance k", "number"),
+    "hamming_k": ("Hamming distance k", "number"),
+    "max_colour_distance": ("largest colour difference of a copy (0-255)", "num"),
+    "overlap_by_dataset": ("overlapping images per eval set", "images"),
+    "overlap_pairs": ("overlap pairs", "number"),
+    "phash_mode": ("pHash path", "text"),
+    "unconfirmed_pairs": ("pHash pairs the colour check rejected", "number"),
+    "eval_sets": ("eval images per set", "images"),
+    # shard
+    "samples_per_shard": ("samples per shard", "samples"),
+    "shards": ("shards", "number"),
+    "shards_written": ("shards written", "number"),
+    "shards_skipped": ("shards already written (resumed run)", "number"),
+    "balance_after_download": ("balanced after download", "skip"),
+    # common: the times last
+    "files_skipped": ("unreadable files skipped", "list"),
+    "units": ("work units run", "number"),
+    "seconds": ("wall time by part", "s"),
+    "wall_seconds": ("wall time", "s"),
+    "task_seconds": ("task time by phase", "skip"),
+}
+UNITS = ("rows", "texts", "images", "samples")
+_ORDER = {k: i for i, k in enumerate(FIELDS)}
+
+#: Parts of a stage's wall time and phases of its task time, in words.
+PARTS = {"units": "running the work units", "duplicate_check": "duplicate-uid check", "worker_start": "worker start",
+         "t_sweep": "t sweep", "uid": "uid"}
+
+#: Fields a stage block leaves out: the Stages and Rejected tables already show them.
+IN_STAGE_TABLE = ("stage", "in", "out", "rejected", "reconciled")
+
+
+@dataclass
+class Row:
+    """One line of a summary in words: ``value`` is plain text (the page escapes it)."""
+
+    label: str
+    value: str
+    numeric: bool = True
+    sub: bool = False
+
+
+def words(key: str) -> str:
+    """A summary key spelled out: ``entries_per_lang`` -> ``entries per lang``."""
+    return PARTS.get(key, str(key).replace("_", " "))
+
+
+def _value(v: Any, kind: str) -> tuple[str, bool]:
+    """``(text, numeric)`` of one scalar in a field of ``kind``."""
+    if isinstance(v, bool) or kind == "bool":
+        return ("yes" if v else "no"), False
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if kind in UNITS:
+            return f"{int(round(v)):,} {kind}", True
+        if kind == "s":
+            return pages.seconds(v), True
+        if kind == "bytes":
+            return pages.nbytes(v), True
+        if kind == "frac":
+            return pages.pct(v), True
+        return html.unescape(pages.num(v)), True
+    if isinstance(v, list):
+        items = [str(x) for x in v]
+        if not items:
+            return "none", False
+        text = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
+        return text, False
+    return str(v), False
+
+
+def describe(summary: dict[str, Any], skip: tuple[str, ...] = ()) -> list[Row]:
+    """A stage summary as labelled rows: names instead of keys, units, rounded numbers; a nested
+    dict becomes sub-rows under its label; ``None`` and internals are left out."""
+    rows: list[Row] = []
+    times = _ORDER["files_skipped"]
+    for key, v in sorted(summary.items(), key=lambda kv: _ORDER.get(kv[0], times - 0.5)):
+        label, kind = FIELDS.get(key, (words(key), "auto"))
+        if key in skip or kind == "skip" or v is None:
+            continue
+        if key == "seconds" and not isinstance(v, dict):
+            label = "time"
+        if isinstance(v, dict):
+            items = [(k, x) for k, x in v.items() if x is not None]
+            if not items:
+                continue
+            if all(not isinstance(x, (dict, list)) for _, x in items):
+                rows.append(Row(label, "", False))
+                for k, x in items:
+                    text, numeric = _value(x, kind)
+                    rows.append(Row(words(k), text, numeric, sub=True))
+            continue  # deeper structures are internals of the stage; summary.json keeps them
+        text, numeric = _value(v, kind)
+        rows.append(Row(label, text, numeric))
+    return rows
+
+
+def phases(summary: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """``(phase, task seconds, share)`` of a stage's work units, largest first."""
+    tasks = summary.get("task_seconds")
+    if not isinstance(tasks, dict):
+        return []
+    vals = {k: float(v) for k, v in tasks.items() if isinstance(v, (int, float))}
+    total = sum(vals.values())
+    return [(words(k), v, v / total if total else 0.0) for k, v in sorted(vals.items(), key=lambda kv: -kv[1])]
+
+
+def wall_time(summary: dict[str, Any] | None) -> float | None:
+    """The stage's wall time: its own total, else the sum of its timed parts."""
+    s = summary or {}
+    if isinstance(s.get("wall_seconds"), (int, float)):
+        return float(s["wall_seconds"])
+    parts = s.get("seconds")
+    if isinstance(parts, (int, float)) and not isinstance(parts, bool):
+        return float(parts)
+    if isinstance(parts, dict):
+        vals = [float(v) for v in parts.values() if isinstance(v, (int, float))]
+        return sum(vals) if vals else None
+    return None
+
+
 # ----------------------------------------------------------------------------- HTML
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;background:#f6f7f9;color:#222}
-main{max-width:1180px;margin:0 auto;padding:24px 28px 60px}
-h1{font-size:26px;margin:0 0 4px} h2{font-size:20px;margin:34px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
-h3{font-size:16px;margin:20px 0 8px}
-.sub{color:#666;font-size:13px}
-.cards{display:flex;flex-wrap:wrap;gap:12px;margin:18px 0}
-.card{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:10px 14px;min-width:128px}
-.card .v{font-size:20px;font-weight:600} .card .k{font-size:12px;color:#666}
-table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0 14px}
-th,td{border:1px solid #e1e4e8;padding:4px 9px;text-align:left;vertical-align:top}
-th{background:#f0f2f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#1a7f37;font-weight:600} .bad{color:#cf222e;font-weight:600} .na{color:#888}
-figure{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:10px;margin:14px 0}
-figure img{max-width:100%;height:auto;display:block;margin:0 auto}
-figcaption{font-size:13px;color:#444;margin-top:6px}
-code{background:#eef;padding:1px 4px;border-radius:3px;font-size:12px}
-.scroll{max-height:520px;overflow:auto}
-"""
+def _rows_html(rows: list[Row], element_id: str | None = None) -> str:
+    return pages.kv_table([(r.label, pages.esc(r.value), r.numeric, r.sub) for r in rows],
+                          element_id=element_id, empty="No figures recorded.")
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x))
-
-
-def _num(x: Any) -> str:
-    if isinstance(x, bool) or x is None:
-        return _e(x)
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        if abs(x) >= 1000:
-            return f"{x:,.0f}" if x.is_integer() else f"{x:,.1f}"
-        return f"{x:.6g}"
-    return _e(x)
-
-
-def _kv_table(d: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
-    """A flat key/value table; nested dicts are flattened as a.b, lists shown compactly."""
-    rows = []
-
-    def walk(prefix: str, v: Any) -> None:
-        if isinstance(v, dict) and v:
-            for k2, v2 in v.items():
-                walk(f"{prefix}.{k2}" if prefix else str(k2), v2)
-        elif isinstance(v, list):
-            text = json.dumps(v)
-            rows.append((prefix, _e(text if len(text) <= 160 else text[:157] + "…"), False))
-        else:
-            rows.append((prefix, _num(v), isinstance(v, (int, float)) and not isinstance(v, bool)))
-
-    for k, v in d.items():
-        if k not in skip:
-            walk(str(k), v)
-    body = "".join(f"<tr><th>{_e(k)}</th><td class='{'n' if n else ''}'>{v}</td></tr>" for k, v, n in rows)
-    return f"<table>{body}</table>"
+def _phases_html(summary: dict[str, Any]) -> str:
+    rows = phases(summary)
+    if not rows:
+        return ""
+    total = sum(v for _, v, _ in rows)
+    body = [[name, pages.seconds(v), pages.pct(share)] for name, v, share in rows]
+    body.append(["all phases", pages.seconds(total), "100.0%"])
+    return ("<div><h4 class='sub'>Time by phase (task time of the work units, summed over tasks)</h4>"
+            + pages.table(["phase", "task time", "share"], body, numeric=[False, True, True]) + "</div>")
 
 
 def _stages_html(stages: list[StageInfo]) -> str:
-    if not stages:
-        return "<p class='na'>No stage directories found.</p>"
-    head = ("<tr><th>stage</th><th>_SUCCESS</th><th>in</th><th>out</th><th>rejected</th>"
-            "<th>in = out + rejected</th><th>fingerprint</th></tr>")
-    body = []
+    rows = []
     for s in stages:
         sm = s.summary or {}
-        done = "<span class='ok'>done</span>" if s.done else "<span class='bad'>missing</span>"
+        done = "<span class='ok'>done</span>" if s.done else "<span class='bad'>not complete</span>"
         rec = s.reconciles
         rec_html = ("<span class='na'>–</span>" if rec is None else
-                    "<span class='ok'>✓</span>" if rec else "<span class='bad'>✗ does not add up</span>")
+                    "<span class='ok'>✓ yes</span>" if rec else "<span class='bad'>✗ does not add up</span>")
         fp = (s.success or {}).get("fingerprint", "")
-        body.append(
-            f"<tr><td>{_e(s.name)}</td><td>{done}</td><td class='n'>{_num(sm.get('in', '–'))}</td>"
-            f"<td class='n'>{_num(sm.get('out', '–'))}</td>"
-            f"<td class='n'>{_num(s.rejected_total) if s.rejected_total is not None else '–'}</td>"
-            f"<td>{rec_html}</td><td><code>{_e(str(fp)[:16])}</code></td></tr>")
-    return f"<table>{head}{''.join(body)}</table>"
+        rows.append([pages.esc(s.name), done, pages.num(sm.get("in")), pages.num(sm.get("out")),
+                     pages.num(s.rejected_total), rec_html, pages.esc(pages.seconds(wall_time(sm))),
+                     f"<code>{pages.esc(str(fp)[:12])}</code>" if fp else "<span class='na'>–</span>"])
+    return pages.table(["stage", "status", "rows in", "rows out", "rows rejected", "in = out + rejected",
+                        "wall time", "fingerprint"], rows, raw=True, element_id="stages",
+                       numeric=[False, False, True, True, True, False, True, False],
+                       empty="No stage directories found.")
 
 
 def _rejects_html(stages: list[StageInfo]) -> str:
@@ -590,43 +766,73 @@ def _rejects_html(stages: list[StageInfo]) -> str:
             continue
         stage_in = (s.summary or {}).get("in")
         for reason, n in sorted(rej.items(), key=lambda kv: -int(kv[1])):
-            share = f"{100 * int(n) / stage_in:.2f}%" if isinstance(stage_in, (int, float)) and stage_in else "–"
-            ex = s.reject_examples.get(reason, "")
-            rows.append(f"<tr><td>{_e(s.name)}</td><td>{_e(reason)}</td><td class='n'>{_num(int(n))}</td>"
-                        f"<td class='n'>{share}</td><td>{_e(_short(ex, 90))}</td></tr>")
-    if not rows:
-        return "<p class='na'>No stage reported rejected rows.</p>"
-    return ("<table><tr><th>stage</th><th>reason</th><th>rows</th><th>share of stage input</th>"
-            "<th>example detail</th></tr>" + "".join(rows) + "</table>")
+            share = pages.pct(int(n) / stage_in, 2) if isinstance(stage_in, (int, float)) and stage_in else "–"
+            rows.append([pages.esc(s.name), f"<code>{pages.esc(reason)}</code>", pages.num(int(n)), share,
+                         pages.esc(_short(round_decimals(s.reject_examples.get(reason, "")), 90))])
+    return pages.table(["stage", "reason", "rows", "share of stage input", "example detail"], rows, raw=True,
+                       numeric=[False, False, True, True, False], element_id="rejects",
+                       empty="No stage reported rejected rows.")
+
+
+def round_decimals(text: str) -> str:
+    """``p_keep=0.7142857142857143`` -> ``p_keep=0.7143``: a detail is read, not parsed."""
+    return re.sub(r"\d+\.\d{5,}", lambda m: f"{float(m.group()):.4g}", text)
+
+
+def _balance_html(data: RunData) -> str:
+    b = data.balance
+    rows = describe(b, skip=IN_STAGE_TABLE + ("lang_in", "lang_kept"))
+    matched = data.matched_texts
+    if isinstance(b.get("kept"), (int, float)) and matched:
+        at = next((i for i, r in enumerate(rows) if r.label == "kept"), len(rows) - 1)
+        rows.insert(at + 1, Row("kept share of matched texts", pages.pct(b["kept"] / matched, 2)))
+    parts = [_rows_html(rows, element_id="balance")]
+    per = b.get("per_language")
+    if isinstance(per, dict) and per:
+        parts.append("<div><h4 class='sub'>Per language (each language's t keeps the reference "
+                     "language's tail share)</h4>" + _per_language_html(per) + "</div>")
+    parts.append(_phases_html(b))
+    return "<div class='row'>" + "".join(parts) + "</div>"
+
+
+PER_LANGUAGE = (("t", "t", "num"), ("tail_proportion", "tail share", "frac"), ("entries", "entries", "number"),
+                ("matched_entries", "matched entries", "number"), ("head_entries", "head entries", "number"),
+                ("matches", "matches", "number"), ("rows_in", "rows in", "number"),
+                ("rows_kept", "rows kept", "number"))
+
+
+def _per_language_html(per: dict[str, dict[str, Any]]) -> str:
+    known = [(k, label, kind) for k, label, kind in PER_LANGUAGE if any(k in v for v in per.values())]
+    rows = []
+    for lang, v in sorted(per.items()):
+        cells = [lang]
+        for k, _, kind in known:
+            x = v.get(k)
+            cells.append("–" if x is None else pages.pct(x) if kind == "frac" else html.unescape(pages.num(x)))
+        if "rows_in" in v and "rows_kept" in v and v["rows_in"]:
+            cells.append(pages.pct(v["rows_kept"] / v["rows_in"]))
+        else:
+            cells.append("–")
+        rows.append(cells)
+    heads = ["language"] + [label for _, label, _ in known] + ["kept share"]
+    return pages.table(heads, rows, numeric=[False] + [True] * (len(heads) - 1), element_id="per-language")
 
 
 def _sources_html(sources: list[dict[str, Any]]) -> str:
-    cols = ["source", "entries", "matched_entries", "head_entries", "tail_entries", "matches", "kept",
-            "kept_share", "tail_coverage"]
-    head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in cols)
-    body = []
-    for r in sources:
-        cells = []
-        for c in cols:
-            v = r[c]
-            if c in ("kept_share", "tail_coverage"):
-                cells.append(f"<td class='n'>{100 * v:.1f}%</td>")
-            elif c == "source":
-                cells.append(f"<td>{_e(v)}</td>")
-            else:
-                cells.append(f"<td class='n'>{_num(v)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    rows = [[r["source"], r["entries"], r["matched_entries"], r["head_entries"], r["tail_entries"], r["matches"],
+             r["kept"], pages.pct(r["kept_share"]), pages.pct(r["tail_coverage"])] for r in sources]
+    return pages.table(["source", "entries", "matched entries", "head entries", "tail entries", "matches",
+                        "kept matches", "kept share", "tail coverage"], rows,
+                       numeric=[False] + [True] * 8, element_id="sources-table")
 
 
 def _top_html(top: list[dict[str, Any]]) -> str:
-    body = "".join(
-        f"<tr><td class='n'>{i}</td><td>{_e(r['entry'])}</td><td>{_e(r['source'])}</td>"
-        f"<td class='n'>{_num(r['count'])}</td><td class='n'>{_num(r['kept'])}</td>"
-        f"<td class='n'>{_num(r['cap'])}</td><td class='n'>{100 * r['kept_fraction']:.2f}%</td></tr>"
-        for i, r in enumerate(top, 1))
-    return ("<div class='scroll'><table><tr><th>#</th><th>entry</th><th>source</th><th>count</th>"
-            "<th>kept</th><th>cap min(count, t)</th><th>kept / count</th></tr>" + body + "</table></div>")
+    rows = [[i, r["entry"], r["source"], r["count"], r["kept"], r["cap"], pages.pct(r["kept_fraction"])]
+            for i, r in enumerate(top, 1)]
+    return "<div class='scroll'>" + pages.table(
+        ["#", "entry", "source", "texts (count)", "kept", "cap min(count, t)", "kept / count"], rows,
+        numeric=[True, False, False, True, True, True, True], element_id="top-head-table",
+        empty="No entry has count > t: balancing kept every matched text.") + "</div>"
 
 
 def _after_download_html(after: dict[str, Any] | None) -> str:
@@ -635,37 +841,19 @@ def _after_download_html(after: dict[str, Any] | None) -> str:
     if not after:
         return ""
     f = after["figures"]
-    body = "".join(
-        f"<tr><td>{_e(r['entry'])}</td><td class='n'>{_num(r['count_matched'])}</td>"
-        f"<td class='n'>{_num(r['count_downloaded'])}</td><td class='n'>{_num(r['kept'])}</td></tr>"
-        for r in after["top"])
-    return (f"<h2>Balanced after download</h2><p>t = {_num(f['t'])}: {_num(f['kept'])} of {_num(f['survivors'])} "
-            f"images that downloaded and passed dedup kept ({'all, drawn per epoch in training' if f['online'] else 'one draw'}); "
-            f"head entries {_num(f['head_entries_matched'])} counted over the matched pool, "
-            f"{_num(f['head_entries_downloaded'])} over the images that arrived.</p>"
-            "<table><tr><th>entry</th><th>texts matched</th><th>images arrived</th><th>kept</th></tr>"
-            f"{body}</table>")
+    how = "all of them, drawn anew every epoch in training" if f.get("online") else "one draw"
+    rows = [[r["entry"], r["count_matched"], r["count_downloaded"], r["kept"]] for r in after["top"]]
+    return (f"<h2>Balanced after download</h2><p>t = {pages.num(f['t'])}: {pages.num(f['kept'])} of "
+            f"{pages.num(f['survivors'])} images that downloaded and passed dedup kept ({how}); head entries: "
+            f"{pages.num(f['head_entries_matched'])} counted over the matched pool, "
+            f"{pages.num(f['head_entries_downloaded'])} over the images that arrived.</p>"
+            + pages.table(["entry", "texts matched", "images arrived", "kept"], rows,
+                          numeric=[False, True, True, True]))
 
 
-def _card(k: str, v: str) -> str:
-    return f"<div class='card'><div class='v'>{v}</div><div class='k'>{_e(k)}</div></div>"
-
-
-def render_html(data: RunData, summary: dict[str, Any], plots: list[tuple[str, str, str]]) -> str:
-    """The single page: key figures, stages, rejects, balance summary, plots, tables."""
-    b = data.balance
-    ht = summary["head_tail"]
-    cards = [
-        _card("pool texts", _fmt(b["pool"]) if isinstance(b.get("pool"), (int, float)) else "–"),
-        _card("matched texts", _fmt(data.matched_texts)),
-        _card("t", _fmt(data.t)),
-        _card("expected kept", _fmt(b["expected_kept"]) if isinstance(b.get("expected_kept"), (int, float)) else "–"),
-        _card("kept texts", _fmt(b["kept"]) if isinstance(b.get("kept"), (int, float)) else "–"),
-        _card("head / tail entries", f"{_fmt(ht['head_entries'])} / {_fmt(ht['tail_entries'])}"),
-        _card("tail coverage", f"{100 * summary['tail_coverage']:.1f}%"),
-        _card("matches in top 1% entries", f"{100 * summary['top_1pct_share']:.1f}%"),
-    ]
-    # Every stage's summary in pipeline order; the stages not run yet are announced.
+def _stage_blocks(data: RunData) -> str:
+    """Every stage's own figures in pipeline order; stages not run yet (or optional and off) are
+    announced with the command that runs them."""
     blocks = []
     present = {s.name: s for s in data.stages}
     for stage in STAGES:
@@ -673,36 +861,58 @@ def render_html(data: RunData, summary: dict[str, Any], plots: list[tuple[str, s
         st = present.get(name)
         if name == balance.STAGE.name:
             continue  # its own section above
+        head = f"<h3>{pages.esc(name)}</h3>"
         if st is None or (st.summary is None and not st.done):
-            blocks.append(f"<h3>{_e(name)}</h3><p class='na'>Not run yet — "
-                          f"<code>metacurate {_e(name)} --config run.yaml</code> produces it.</p>")
+            # a stage that overrides `active` is switched on by its config (lid): off is no gap
+            optional = type(stage).active.__func__ is not Stage.active.__func__
+            blocks.append(head + (f"<p class='na'>Not run (an optional stage: {pages.esc(stage.help)}).</p>"
+                                  if optional else
+                                  f"<p class='na'>Not run yet — <code>metacurate {pages.esc(name)} --config "
+                                  f"run.yaml</code> produces it.</p>"))
         elif st.summary is None:
-            blocks.append(f"<h3>{_e(name)}</h3><p class='na'>Done (_SUCCESS present) but no summary.</p>")
+            blocks.append(head + "<p class='na'>Done (_SUCCESS present) but no summary.</p>")
         else:
-            blocks.append(f"<h3>{_e(name)}</h3>" + _kv_table(st.summary, skip=("stage",)))
-    figs = "".join(
-        f"<figure id='{_e(name)}'><img src='{_e(fn)}' alt='{_e(cap)}'><figcaption>{_e(cap)}</figcaption></figure>"
-        for name, fn, cap in plots)
+            blocks.append(head + "<div class='row'>" + _rows_html(describe(st.summary, skip=IN_STAGE_TABLE))
+                          + _phases_html(st.summary) + "</div>")
+    return "".join(blocks)
+
+
+def render_html(data: RunData, summary: dict[str, Any], plots: list[tuple[str, str, str]]) -> str:
+    """The single page: key figures, stages, rejects, balance summary, plots, tables."""
+    b = data.balance
+    ht = summary["head_tail"]
+
+    def big(v: Any) -> str:
+        """Exact below a million (3,000 reads better than 3k), short above (2.81M)."""
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return "–"
+        return f"{round(v):,}" if abs(v) < 1e6 else _fmt(v)
+
+    cards = [
+        pages.card("pool texts", big(b.get("pool"))),
+        pages.card("matched texts", big(data.matched_texts)),
+        pages.card("t (per entry)", big(data.t) if float(data.t).is_integer() else _fmt(data.t)),
+        pages.card("expected kept", big(b.get("expected_kept"))),
+        pages.card("kept texts", big(b.get("kept"))),
+        pages.card("head / tail entries", f"{big(ht['head_entries'])} / {big(ht['tail_entries'])}"),
+        pages.card("tail coverage", pages.pct(summary["tail_coverage"])),
+        pages.card("matches in top 1% entries", pages.pct(summary["top_1pct_share"])),
+    ]
+    figs = "".join(pages.figure(fn, cap, element_id=name) for name, fn, cap in plots)
+    nav = " · ".join(f"<a href='#{pages.esc(name)}'>{pages.esc(name.replace('_', ' '))}</a>" for name, _, _ in plots)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>metacurate report — {_e(data.run)}</title><style>{CSS}</style></head>
-<body><main>
-<h1>Distribution report</h1>
-<div class="sub">run <code>{_e(data.run)}</code> · generated {now} · {len(data.stats.count):,} counted entries</div>
-<div class="cards">{''.join(cards)}</div>
-<nav class="sub">plots: {' · '.join(f"<a href='#{_e(name)}'>{_e(name.replace('_', ' '))}</a>" for name, _, _ in plots)}</nav>
-<h2>Stages</h2>{_stages_html(data.stages)}
-<h2>Rejected rows by reason</h2>{_rejects_html(data.stages)}
-<h2>Balance</h2>{_kv_table(b, skip=("stage",))}
-<h2>Plots</h2>{figs}
-<h2>Per-source breakdown</h2>{_sources_html(summary['sources'])}
-<h2>Top-{len(summary['top_head'])} head entries</h2>{_top_html(summary['top_head'])}
-{_after_download_html(data.after_download)}
-<h2>Stage summaries</h2>{''.join(blocks)}
-</main></body></html>
-"""
+    body = (f"<div class='cards'>{''.join(cards)}</div><nav class='sub'>plots: {nav}</nav>"
+            f"<h2>Stages</h2>{_stages_html(data.stages)}"
+            f"<h2>Rejected rows by reason</h2>{_rejects_html(data.stages)}"
+            f"<h2>Balance</h2>{_balance_html(data)}"
+            f"<h2>Plots</h2>{figs}"
+            f"<h2>Per-source breakdown</h2>{_sources_html(summary['sources'])}"
+            f"<h2>Top-{len(summary['top_head'])} head entries</h2>{_top_html(summary['top_head'])}"
+            f"{_after_download_html(data.after_download)}"
+            f"<h2>Stage summaries</h2>{_stage_blocks(data)}")
+    subtitle = (f"run <code>{pages.esc(data.run)}</code> · generated {now} · "
+                f"{len(data.stats.count):,} counted entries")
+    return pages.page(f"metacurate report — {data.run}", subtitle, body, heading="Distribution report")
 
 
 def write_report(run: RunDir | str, out: str | None = None) -> str:
@@ -725,8 +935,8 @@ def write_report(run: RunDir | str, out: str | None = None) -> str:
          "Per metadata source: entries and matched entries, matches before vs kept after, kept shares.",
          lambda: plot_sources(data, summary["sources"])),
         ("top_head", "top_head.png",
-         "The most matched entries: count before vs kept after balancing (log scale). Kept can exceed "
-         "t because a text also survives through its rarer entries.",
+         "The most matched entries: count before vs kept after balancing. Kept can exceed t because a "
+         "text also survives through its rarer entries.",
          lambda: plot_top_head(data, summary["top_head"])),
         ("tail_coverage", "tail_coverage.png",
          "Share of matched entries kept at 100% (count ≤ t), as a function of the threshold and per source.",

@@ -1,7 +1,8 @@
 """Terminal summary of a run directory (plain text, fits 100 columns).
 
-Shows which stages are done (_SUCCESS), in / out / rejected per stage and whether they reconcile,
-rejected rows by reason, where the match and balance stages spent their time (wall seconds, and
+Shows which stages are done (_SUCCESS), in / out / rejected per stage, whether they reconcile
+and their wall time, whether the report and the overlap audit were written (with the audit's
+overlap count), rejected rows by reason, where the match and balance stages spent their time (wall seconds, and
 task time by phase: read, uid, validate, match, write, ...), the balance figures (t, seed, pool,
 matched, expected and actual kept), head / tail split, tail coverage, the per-source breakdown and
 the top-20 head entries with count -> kept. Works on partial runs: the distribution part appears
@@ -12,9 +13,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from curation import pages
 from curation.errors import InputError
 from curation.rundir import RunDir
-from jobs.report import StageInfo, load_run, read_stages
+from jobs.report import (IN_STAGE_TABLE, Row, StageInfo, describe, load_run, read_stages, round_decimals,
+                         wall_time)
 
 WIDTH = 100
 
@@ -26,8 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _n(x: Any) -> str:
-    if isinstance(x, bool) or x is None:
+    if x is None:
         return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
     if isinstance(x, int):
         return f"{x:,}"
     if isinstance(x, float) and abs(x) >= 1000:
@@ -53,15 +58,18 @@ def _cut(s: object, width: int) -> str:
 
 def _stage_lines(stages: list[StageInfo]) -> list[str]:
     lines = ["STAGES",
-             f"  {'stage':<12}{'done':<6}{'in':>16}{'out':>16}{'rejected':>16}  {'in=out+rej':<11}fingerprint"]
+             f"  {'stage':<12}{'done':<6}{'in':>14}{'out':>14}{'rejected':>14}  {'in=out+rej':<11}{'wall':>8} "
+             "fingerprint"]
     if not stages:
         lines.append("  (no stage directories yet)")
     for s in stages:
         sm = s.summary or {}
         rec = {None: "-", True: "ok", False: "MISMATCH"}[s.reconciles]
         fp = str((s.success or {}).get("fingerprint", ""))[:12]
-        lines.append(f"  {_cut(s.name, 11):<12}{'yes' if s.done else 'NO':<6}{_n(sm.get('in')):>16}"
-                     f"{_n(sm.get('out')):>16}{_n(s.rejected_total):>16}  {rec:<11}{fp}")
+        wall = wall_time(sm)
+        lines.append(f"  {_cut(s.name, 11):<12}{'yes' if s.done else 'NO':<6}{_n(sm.get('in')):>14}"
+                     f"{_n(sm.get('out')):>14}{_n(s.rejected_total):>14}  {rec:<11}"
+                     f"{pages.seconds(wall).replace(' s', 's') if wall is not None else '-':>8} {fp}")
     rej = []
     for s in stages:
         r = (s.summary or {}).get("rejected")
@@ -70,7 +78,7 @@ def _stage_lines(stages: list[StageInfo]) -> list[str]:
         stage_in = (s.summary or {}).get("in")
         for reason, n in sorted(r.items(), key=lambda kv: -int(kv[1])):
             share = f"({100 * int(n) / stage_in:.2f}% of in)" if isinstance(stage_in, (int, float)) and stage_in else ""
-            ex = s.reject_examples.get(reason, "")
+            ex = round_decimals(s.reject_examples.get(reason, ""))
             line = f"  {_cut(s.name, 11):<12}{_cut(reason, 28):<29}{_n(int(n)):>13} {share:<17}"
             if ex:
                 line += " e.g. " + _cut(ex, WIDTH - len(line) - 6)
@@ -104,6 +112,55 @@ def _time_lines(stages: list[StageInfo]) -> list[str]:
     return lines
 
 
+def _page_lines(run: RunDir) -> list[str]:
+    """Whether the report and the overlap audit were written; the audit's own figures when it was."""
+    lines = ["", "PAGES"]
+    index = run.path("report", "index.html")
+    if run.storage.exists(index):
+        lines.append(f"  {'report':<12}{'yes':<6}{index}")
+    else:
+        lines.append(f"  {'report':<12}{'NO':<6}metacurate report {run.url}")
+    audit_json = run.path("audit", "audit.json")
+    if not run.storage.exists(audit_json):
+        lines.append(f"  {'audit':<12}{'NO':<6}metacurate audit {run.url}")
+        return lines
+    try:
+        a = run.storage.read_json(audit_json)
+        found = [f"{_n(a['overlapping_pool_images'])} of {_n(a['pool_images'])} pool images overlap the eval "
+                 f"sets at k = {_n(a['k'])}",
+                 f"{_n(a['phash_pairs'])} pHash pairs, {_n(a['pairs'])} confirmed by the colour check"
+                 if a.get("max_colour_distance") is not None else f"{_n(a['phash_pairs'])} pHash pairs"]
+    except Exception as exc:  # a broken audit.json must not hide the rest of the summary
+        found = [f"audit.json unreadable ({_cut(exc, 60)})"]
+    lines.append(f"  {'audit':<12}{'yes':<6}{found[0]}")
+    lines += [f"  {'':<18}{x}" for x in found[1:] + [run.path("audit", "index.html")]]
+    return lines
+
+
+def _items(rows: list[Row]) -> list[str]:
+    """Summary rows as ``label: value`` items; a nested figure's sub-rows join under its label
+    (``captions per language: de 72 texts, en 446 texts``)."""
+    items: list[str] = []
+    parent, subs = "", []
+
+    def flush() -> None:
+        if parent and subs:
+            items.append(f"{parent}: {', '.join(subs)}")
+
+    for r in rows:
+        if r.sub:
+            subs.append(f"{_safe(r.label)} {_safe(r.value)}")
+            continue
+        flush()
+        parent, subs = "", []
+        if r.value == "":
+            parent = _safe(r.label)
+        else:
+            items.append(f"{_safe(r.label)}: {_safe(r.value)}")
+    flush()
+    return items
+
+
 def format_inspect(run: RunDir | str, top: int = 20) -> str:
     """The whole terminal summary as one string (tested directly)."""
     from jobs.report import as_run
@@ -114,14 +171,12 @@ def format_inspect(run: RunDir | str, top: int = 20) -> str:
     out = [f"RUN {run.url}", "=" * min(WIDTH, max(20, len(run.url) + 4)), ""]
     out += _stage_lines(stages)
     out += _time_lines(stages)
+    out += _page_lines(run)
     done = {s.name for s in stages if s.done}
     missing = [st.name for st in (count.STAGE, balance.STAGE) if st.name not in done]
     if missing:
         out += ["", f"Distribution: not available yet; run the '{missing[0]}' stage."]
         return "\n".join(out) + "\n"
-    index = run.path("report", "index.html")
-    out += ["", f"REPORT  {index}" if run.storage.exists(index)
-            else f"REPORT  not written yet: metacurate report {run.url}"]
     data = load_run(run)
     summ = data.summary(top_k=top)
     b = data.balance
@@ -153,10 +208,9 @@ def format_inspect(run: RunDir | str, top: int = 20) -> str:
                    f"{r['kept']:>10,}{100 * r['kept_fraction']:>11.2f}%")
     for st in stages[[s.name for s in stages].index(balance.STAGE.name) + 1:]:
         if st.summary:
-            extra = {k: v for k, v in st.summary.items()
-                     if k not in ("stage", "in", "out", "rejected") and not isinstance(v, (dict, list))}
-            if extra:
-                items = [f"{k}={_n(v)}" for k, v in extra.items()]
+            # in / out / rejected / reconciled and the time are in the STAGES table already
+            items = _items(describe(st.summary, skip=IN_STAGE_TABLE + ("wall_seconds", "seconds", "units")))
+            if items:
                 out += ["", f"{st.name.upper()}"] + _wrap(items)
     return "\n".join(out) + "\n"
 

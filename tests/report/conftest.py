@@ -105,7 +105,13 @@ def simulate_run(root: str | os.PathLike, n_entries: int = 2000, n_texts: int = 
     mt = root / "match"
     mt.mkdir(parents=True, exist_ok=True)
     _write_json(mt / "_summary.json", {"stage": "match", "in": pool, "out": n_texts,
-                                      "rejected": {"no_match": unmatched, "empty_text": empty}})
+                                      "rejected": {"no_match": unmatched, "empty_text": empty},
+                                      "files_skipped": [], "metadata_fingerprint": "3f97c419b0071d96e3978647",
+                                      "n_entries": n_entries, "reconciled": True,
+                                      "seconds": {"duplicate_check": 0.7731, "units": 1.1772},
+                                      "task_seconds": {"read": 0.0061, "uid": 0.0062, "validate": 0.0391,
+                                                       "match": 0.0241, "assemble": 0.0021, "write": 0.0203},
+                                      "units": 5, "wall_seconds": 2.0701})
     _success(mt, "match0")
     rj = root / "rejects" / "match"
     rj.mkdir(parents=True, exist_ok=True)
@@ -138,6 +144,12 @@ def simulate_run(root: str | os.PathLike, n_entries: int = 2000, n_texts: int = 
         "stage": "balance", "in": n_texts, "out": n_kept, "rejected": {"not_drawn": n_texts - n_kept},
         "t": float(t), "seed": seed, "pool": pool, "matched": n_texts, "expected_kept": float(pk.sum()),
         "kept": n_kept, "head_entries": int((counts > t).sum()), "tail_entries": int(((counts > 0) & (counts <= t)).sum()),
+        # the fields a real balance stage adds (a None, nested times, a per-language table)
+        "target_size": None, "mode": "metaclip", "after": "match", "online": False, "reconciled": True,
+        "seconds": {"units": 0.1223}, "wall_seconds": 0.2714,
+        "task_seconds": {"read": 0.017, "draw": 0.001, "assemble": 0.002, "t_sweep": 0.002, "write": 0.013},
+        "per_language": {"en": {"t": float(t), "tail_proportion": 0.39913793103448275, "entries": n_entries,
+                                "rows_in": n_texts, "rows_kept": n_kept}},
     })
     _success(bl, "bal0")
     if later_stages:

@@ -31,6 +31,24 @@ def _assert_images_ok(index: Path, expected: set[str]) -> None:
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, src
 
 
+def _table_text(html: str) -> str:
+    """The text of the page's tables (where raw keys and long floats used to show)."""
+    cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", html, flags=re.S)
+    return "\n".join(re.sub(r"<[^>]+>", "", c) for c in cells)
+
+
+def _assert_readable(html: str) -> None:
+    """Tables in words: no summary keys, no `None`, no 16-digit floats, no dotted key paths."""
+    text = _table_text(html)
+    assert "None" not in text
+    assert not re.search(r"\d\.\d{5,}", text), re.search(r".{30}\d\.\d{5,}.{10}", text)
+    for key in ("task_seconds", "expected_kept", "head_entries", "target_size", "wall_seconds", "reconciled"):
+        assert key not in text, key
+    assert not re.search(r"\b[a-z_]+\.[a-z_]+\b", text.replace("index.html", "")), \
+        re.findall(r"\b[a-z_]+\.[a-z_]+\b", text)[:5]
+    assert "<table id='stages'" in html and "<table id='rejects'" in html and "class='kv' id='balance'" in html
+
+
 def test_report_on_fixture_run_writes_html_pngs_and_exact_summary(reported_run):
     run, info, index = reported_run
     index = Path(index)
@@ -59,8 +77,9 @@ def test_report_on_fixture_run_writes_html_pngs_and_exact_summary(reported_run):
     for needle in (info["names"][best], f"{info['pool']:,}", f"{info['n_kept']:,}", "no_match", "empty_text",
                    "text is empty", "wiki_bigram", "Not run yet"):
         assert needle in html, needle
-    # stages without output degrade: download/dedup/shard all announced as not run
-    assert html.count("Not run yet") == 3
+    # stages without output degrade: download/dedup/shard all announced as not run; lid is optional
+    assert html.count("Not run yet") == 3 and "Not run (an optional stage" in html
+    _assert_readable(html)
 
 
 def test_cli_report_later_stages_no_sweep_no_metadata_and_mismatch(fixture_run, tmp_path, capsys):
@@ -79,8 +98,10 @@ def test_cli_report_later_stages_no_sweep_no_metadata_and_mismatch(fixture_run, 
     assert printed == str(index) and index.is_file()
     assert not (run / "report").exists()
     html = index.read_text(encoding="utf-8")
-    for needle in ("http_404", "decode_error", "eval_near_duplicate", "hamming_k", "eval_sets.cifar10", "shards"):
+    for needle in ("http_404", "decode_error", "eval_near_duplicate", "Hamming distance k", "eval images per set",
+                   "cifar10", "10,000 images", "shards", "downloaded", "123 MB", "12.5 s"):
         assert needle in html, needle
+    _assert_readable(html)
     assert html.count("Not run yet") == 1 and "metacurate metadata --config" in html  # no metadata stage here
     assert html.count("does not add up") == 1
     summary = json.loads((out / "summary.json").read_text())
@@ -148,3 +169,33 @@ def test_source_column_falls_back_to_metadata_entries(fixture_run):
     (run / "metadata" / "entries.parquet").unlink()
     with pytest.raises(InputError, match="no 'source' column"):
         load_run(str(run))
+
+
+def test_tables_in_words_times_by_phase_and_per_language(reported_run):
+    """The fields real stages write (nested times, None, per-language figures) read as words."""
+    _, info, index = reported_run
+    html = Path(index).read_text(encoding="utf-8")
+    assert "Time by phase" in html and "t sweep" in html and "duplicate-uid check" in html
+    assert "<table id='per-language'" in html and "39.9%" in html
+    assert "target size" not in html  # None: the row is left out
+    assert f"{info['n_kept']:,} texts" in html and "wall time" in html and "2.1 s" in html
+    assert "metadata fingerprint" not in html and "3f97c419" not in html  # an internal
+
+
+def test_axes_fit_the_data():
+    """A log axis ends just past the largest value (no empty decade); a narrow count range gets a
+    linear axis from 0."""
+    from matplotlib.figure import Figure
+
+    from jobs.report import _count_axis
+
+    ax = Figure().add_subplot()
+    assert _count_axis(ax, "x", 20, 693)  # > 30x: log
+    lo, hi = ax.get_xlim()
+    assert 693 < hi < 1000 and 10 < lo < 20
+    labels = [t.get_text() for t in ax.xaxis.get_majorticklabels()]
+    assert not any("^" in s for s in labels)  # 1k, 200, ... not 10^3
+    ax = Figure().add_subplot()
+    assert not _count_axis(ax, "x", 21, 92)
+    lo, hi = ax.get_xlim()
+    assert lo == 0 and 92 < hi < 100
