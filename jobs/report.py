@@ -552,6 +552,50 @@ def plot_kept_vs_t(data: RunData, curve: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+def plot_languages(per: dict[str, dict[str, Any]]) -> bytes:
+    """MetaCLIP 2 worldwide: each language's share of the matched and of the kept texts, and its
+    head / tail entries under its own t."""
+    langs = sorted(per, key=lambda k: -per[k].get("rows_in", 0))
+    rows_in = np.array([per[k].get("rows_in", 0) for k in langs], dtype=float)
+    rows_kept = np.array([per[k].get("rows_kept", 0) for k in langs], dtype=float)
+    share_in = 100 * rows_in / max(rows_in.sum(), 1)
+    share_kept = 100 * rows_kept / max(rows_kept.sum(), 1)
+    fig = _figure(12, 1.6 + 0.5 * max(len(langs), 3))
+    ax1, ax2 = fig.subplots(1, 2)
+    y = np.arange(len(langs))
+    ax1.barh(y - 0.2, share_in, 0.4, color=BEFORE, label="matched (before balancing)")
+    ax1.barh(y + 0.2, share_kept, 0.4, color=AFTER, label="kept (after)")
+    for i in range(len(langs)):
+        ax1.annotate(f"{share_in[i]:.1f}%", (share_in[i], y[i] - 0.2), xytext=(3, 0), textcoords="offset points",
+                     va="center", fontsize=8)
+        ax1.annotate(f"{share_kept[i]:.1f}%", (share_kept[i], y[i] + 0.2), xytext=(3, 0), textcoords="offset points",
+                     va="center", fontsize=8)
+    ax1.set_yticks(y, [f"{k}  (t = {_fmt(per[k]['t'])})" for k in langs])
+    ax1.invert_yaxis()
+    ax1.set_xlim(0, max(share_in.max(initial=0), share_kept.max(initial=0)) * 1.18 + 1)
+    ax1.set_xlabel("share of texts (%)")
+    ax1.set_title("Texts per language, before and after balancing")
+    ax1.legend(loc="lower right", fontsize=8, frameon=False)
+    ax1.grid(axis="x", **GRID)
+    head = np.array([per[k].get("head_entries", 0) for k in langs], dtype=float)
+    matched = np.array([per[k].get("matched_entries", per[k].get("entries", 0)) for k in langs], dtype=float)
+    tail = np.maximum(matched - head, 0)
+    ax2.barh(y, tail, color=BEFORE, label="tail (count ≤ t: kept whole)")
+    ax2.barh(y, head, left=tail, color=T_COLOR, label="head (count > t: sub-sampled)")
+    for i in range(len(langs)):
+        ax2.annotate(f"{int(head[i]):,} head / {int(tail[i]):,} tail", (tail[i] + head[i], y[i]), xytext=(3, 0),
+                     textcoords="offset points", va="center", fontsize=8)
+    ax2.set_yticks(y, langs)
+    ax2.invert_yaxis()
+    ax2.set_xlim(0, max((tail + head).max(initial=0), 1) * 1.45)
+    ax2.set_xlabel("matched entries")
+    ax2.set_title("Head and tail entries per language (each under its own t)")
+    ax2.legend(loc="lower right", fontsize=8, frameon=False)
+    ax2.grid(axis="x", **GRID)
+    _count_labels(ax2.xaxis)
+    return _png(fig)
+
+
 # ----------------------------------------------------------------------------- summaries in words
 #: How a stage-summary field reads: its label and its kind, in the order a page lists them. Kinds:
 #: a unit (``rows``, ``texts``, ``images``, ``samples``: a number with that unit), ``number`` (a
@@ -881,6 +925,7 @@ def render_html(data: RunData, summary: dict[str, Any], plots: list[tuple[str, s
     """The single page: key figures, stages, rejects, balance summary, plots, tables."""
     b = data.balance
     ht = summary["head_tail"]
+    multilingual = len(b.get("per_language") or {}) > 1
 
     def big(v: Any) -> str:
         """Exact below a million (3,000 reads better than 3k), short above (2.81M)."""
@@ -894,7 +939,10 @@ def render_html(data: RunData, summary: dict[str, Any], plots: list[tuple[str, s
         pages.card("t (per entry)", big(data.t) if float(data.t).is_integer() else _fmt(data.t)),
         pages.card("expected kept", big(b.get("expected_kept"))),
         pages.card("kept texts", big(b.get("kept"))),
-        pages.card("head / tail entries", f"{big(ht['head_entries'])} / {big(ht['tail_entries'])}"),
+        # with a t per language, the balance stage's own figures (each entry under its language's t)
+        pages.card("head / tail entries" + (" (t per language)" if multilingual else ""),
+                   f"{big(b.get('head_entries'))} / {big(b.get('tail_entries'))}" if multilingual else
+                   f"{big(ht['head_entries'])} / {big(ht['tail_entries'])}"),
         pages.card("tail coverage", pages.pct(summary["tail_coverage"])),
         pages.card("matches in top 1% entries", pages.pct(summary["top_1pct_share"])),
     ]
@@ -942,6 +990,13 @@ def write_report(run: RunDir | str, out: str | None = None) -> str:
          "Share of matched entries kept at 100% (count ≤ t), as a function of the threshold and per source.",
          lambda: plot_tail_coverage(data, summary["sources"])),
     ]
+    per_language = data.balance.get("per_language") or {}
+    if len(per_language) > 1:
+        plots.append(("languages", "languages.png",
+                      "MetaCLIP 2 worldwide curation: each language's share of the texts before and after balancing "
+                      "(English keeps t; every other language gets the t whose tail holds the same share of its "
+                      "matches), and its head / tail entries under its own t.",
+                      lambda: plot_languages(per_language)))
     if "kept_fraction_vs_t" in summary:
         plots.append(("kept_vs_t", "kept_vs_t.png",
                       "Expected kept fraction of the matched texts for each t of balance/t_sweep.json; "

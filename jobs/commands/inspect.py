@@ -189,10 +189,25 @@ def format_inspect(run: RunDir | str, top: int = 20) -> str:
                if isinstance(b.get("kept"), (int, float)) and data.matched_texts else ""),
             f"  entries: {ht['matched_entries']:,} matched of {summ['entries']:,} counted;  "
             f"head (count > t) {ht['head_entries']:,}, tail {ht['tail_entries']:,}",
+            *(["  (head/tail and coverage here at one t; per language below)"]
+              if len(b.get("per_language") or {}) > 1 else []),
             f"  head holds {100 * ht['head_match_share']:.1f}% of {ht['matches']:,} matches;  "
             f"top 1% of entries hold {100 * summ['top_1pct_share']:.1f}%",
             f"  tail coverage: {100 * summ['tail_coverage']:.2f}% of matched entries kept at 100% "
             f"(count <= t); {summ['entries_kept_whole']:,} entries kept whole"]
+    per = b.get("per_language") or {}
+    if len(per) > 1:  # MetaCLIP 2: a t per language (the figures above use the reference language's t)
+        total_in = sum(v.get("rows_in", 0) for v in per.values()) or 1
+        total_kept = sum(v.get("rows_kept", 0) for v in per.values()) or 1
+        out += ["", "PER LANGUAGE (each language's t keeps the reference language's tail share)",
+                f"  {'lang':<8}{'t':>9}{'tail share':>12}{'head':>7}{'tail':>7}{'texts in':>11}{'share':>8}"
+                f"{'kept':>9}{'share':>8}"]
+        for lang, v in sorted(per.items(), key=lambda kv: -kv[1].get("rows_in", 0)):
+            matched = v.get("matched_entries", 0)
+            out.append(f"  {_cut(lang, 7):<8}{_n(v['t']):>9}{100 * v.get('tail_proportion', 0):>11.1f}%"
+                       f"{v.get('head_entries', 0):>7,}{max(matched - v.get('head_entries', 0), 0):>7,}"
+                       f"{v.get('rows_in', 0):>11,}{100 * v.get('rows_in', 0) / total_in:>7.1f}%"
+                       f"{v.get('rows_kept', 0):>9,}{100 * v.get('rows_kept', 0) / total_kept:>7.1f}%")
     out += ["", "SOURCES",
             f"  {'source':<16}{'entries':>11}{'matched':>11}{'head':>8}{'matches':>14}{'kept':>13}"
             f"{'kept%':>8}{'tail cov':>10}"]

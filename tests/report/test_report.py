@@ -199,3 +199,37 @@ def test_axes_fit_the_data():
     assert not _count_axis(ax, "x", 21, 92)
     lo, hi = ax.get_xlim()
     assert lo == 0 and 92 < hi < 100
+
+
+def test_several_languages_get_a_plot_a_table_and_inspect_lines(fixture_run):
+    """MetaCLIP 2 worldwide runs: the report draws each language's share before/after balancing
+    and its head/tail entries; inspect prints a line per language; the head/tail card uses the
+    balance stage's per-language figures."""
+    from jobs.commands.inspect import WIDTH, format_inspect
+    from jobs.report import write_report
+
+    run, info = fixture_run(**SMALL)
+    path = run / "balance" / "_summary.json"
+    b = json.loads(path.read_text())
+    per = {"en": {"t": 60.0, "tail_proportion": 0.289, "entries": 900, "matched_entries": 114, "head_entries": 24,
+                  "matches": 5000, "rows_in": 1596, "rows_kept": 1281},
+           "de": {"t": 26.0, "tail_proportion": 0.27, "entries": 40, "matched_entries": 35, "head_entries": 13,
+                  "matches": 900, "rows_in": 375, "rows_kept": 330},
+           "zh": {"t": 30.0, "tail_proportion": 0.269, "entries": 40, "matched_entries": 35, "head_entries": 14,
+                  "matches": 800, "rows_in": 328, "rows_kept": 315}}
+    b.update(per_language=per, head_entries=51, tail_entries=133)
+    path.write_text(json.dumps(b))
+    index = Path(write_report(str(run)))
+    _assert_images_ok(index, {"counts_sorted.png", "cumulative_share.png", "sources.png", "top_head.png",
+                              "tail_coverage.png", "kept_vs_t.png", "languages.png"})
+    html = index.read_text(encoding="utf-8")
+    assert "head / tail entries (t per language)" in html and "51 / 133" in html
+    assert "<table id='per-language'" in html
+    text = format_inspect(str(run))
+    assert "PER LANGUAGE" in text and "at one t; per language below" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines()
+            if line.strip() and line.split()[0] in per and len(line.split()) == 9}
+    assert set(rows) == {"en", "de", "zh"}
+    assert rows["de"][1] == "26" and rows["de"][5] == "375" and rows["zh"][7] == "315"
+    assert rows["en"][6] == f"{100 * 1596 / 2299:.1f}%"  # share of the texts matched
+    assert max(len(line) for line in text.splitlines() if str(run) not in line) <= WIDTH
