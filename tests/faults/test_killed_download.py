@@ -7,7 +7,6 @@ run directory for 20+ s after the driver was killed, while a re-run could alread
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -23,14 +22,6 @@ import pyarrow.parquet as pq
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-def _image_helpers():
-    path = Path(__file__).resolve().parents[1] / "images" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("metacurate_tests_image_helpers_kill", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _children(pid: int) -> list[int]:
@@ -89,10 +80,10 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def test_a_killed_download_leaves_no_workers_and_resumes_without_duplicates(tmp_path):
+def test_a_killed_download_leaves_no_workers_and_resumes_without_duplicates(tmp_path, image_helpers):
     from curation.rundir import RunDir
 
-    images = _image_helpers()
+    images = image_helpers
     srv = images.Server()
     try:
         rng = np.random.default_rng(5)

@@ -5,11 +5,9 @@ Found on main: dedup stored absolute tar paths, so a copied run dir gave
 ``shard: out=0 rejected={missing_phash: 124}``."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,26 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-def _image_helpers():
-    path = Path(__file__).resolve().parents[1] / "images" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("metacurate_tests_image_helpers_reloc", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def http_server():
-    srv = _image_helpers().Server()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture(scope="module")
-def natural():
-    return _image_helpers().natural_image
 
 
 def _strings_in(path) -> list[str]:
