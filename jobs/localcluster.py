@@ -44,7 +44,9 @@ def _env(extra: dict | None = None) -> dict:
     import pyspark
 
     env = dict(os.environ)
-    env.setdefault("SPARK_HOME", str(Path(pyspark.__file__).parent))
+    # The JVMs run this pyspark's spark-class, which takes its jars from SPARK_HOME: one inherited
+    # from another Spark install (or the other pyspark line) would mix two Spark versions.
+    env["SPARK_HOME"] = str(Path(pyspark.__file__).parent)
     env["SPARK_LOCAL_IP"] = "127.0.0.1"
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.update(extra or {})
@@ -69,13 +71,22 @@ class LocalCluster:
     web_port: int = 0
     log_dir: str = ""
 
-    def alive_workers(self) -> int:
-        """Workers registered with the master (from its JSON status page)."""
+    def status(self) -> dict:
+        """The master's JSON status page: workers, active and completed applications."""
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/json/", timeout=5) as r:
-            status = json.loads(r.read())
-        return sum(1 for w in status.get("workers", []) if w.get("state") == "ALIVE")
+            return json.loads(r.read())
+
+    def alive_workers(self) -> int:
+        """Workers registered with the master."""
+        return sum(1 for w in self.status().get("workers", []) if w.get("state") == "ALIVE")
+
+    def applications(self) -> list[dict]:
+        """Applications that ran or run on this cluster (name, state, cores, ...), oldest first:
+        a job that ran in local mode by mistake is not among them."""
+        status = self.status()
+        return status.get("completedapps", []) + status.get("activeapps", [])
 
     def kill_worker(self, i: int) -> None:
         """SIGKILL worker ``i``'s whole process group: the worker JVM, its executors, their Pythons."""

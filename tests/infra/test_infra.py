@@ -6,6 +6,7 @@ Docker and Kubernetes are not available here, so the image and manifests are che
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -309,7 +311,7 @@ def test_readme_references_existing_files():
 # --------------------------------------------------------------------------- spark-submit end to end
 _BOOT = """\
 import os, runpy, sys
-sys.path.append({site!r})  # after the stdlib, as site would, but without running any .pth file
+sys.path.extend({sites!r})  # after the stdlib, as site would, but without running any .pth file
 args = sys.argv[1:]
 while args and args[0].startswith("-") and args[0] not in ("-m", "-c"):
     args = args[1:]
@@ -330,50 +332,94 @@ def _python_without_metacurate(tmp_path: Path) -> Path:
     """A Python that has the dependencies (pyspark, pyarrow, ...) but not metacurate.
 
     metacurate is installed editable here (a .pth file), so the plain interpreter would import it
-    whatever --py-files says. `python -S` skips .pth files; the site-packages directory is appended
-    to sys.path by a small boot script instead. Like a cluster whose workers only have the deps.
+    whatever --py-files says. `python -S` skips .pth files; the site-packages directories are
+    appended to sys.path by a small boot script instead, in this interpreter's order (the pyspark 3.5
+    environment's own directory comes before the one it shares the other dependencies from). Like a
+    cluster whose workers only have the deps.
     """
-    import pyspark
-
+    sites = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
     boot = tmp_path / "boot.py"
-    boot.write_text(_BOOT.format(site=str(Path(pyspark.__file__).parent.parent)))
+    boot.write_text(_BOOT.format(sites=sites))
     exe = tmp_path / "python-no-metacurate"
     _stub(exe, f'exec {shlex.quote(sys.executable)} -S {shlex.quote(str(boot))} "$@"')
     return exe
 
 
-@pytest.mark.slow
-def test_spark_submit_driver_with_py_files(tmp_path):
-    """`spark-submit --py-files metacurate_pkgs.zip infra/driver.py curate ...` completes all stages,
-    with driver and executors that can import our code only from the zip."""
-    import json
-
+def _spark_submit(tmp_path: Path, master: str, driver_args: list[str]) -> subprocess.CompletedProcess:
+    """`spark-submit --master MASTER --py-files metacurate_pkgs.zip infra/driver.py ARGS`, with a
+    driver and executors that can import our code only from the zip."""
     import pyspark
 
-    from jobs.demo import make_demo_pool
     from jobs.spark import ensure_java, package_zip
 
     python = _python_without_metacurate(tmp_path)
     probe = subprocess.run([str(python), "-c", "import pyarrow, pyspark, yaml\nimport jobs"], cwd=tmp_path,
                            capture_output=True, text=True, timeout=120)
     assert "No module named 'jobs'" in probe.stderr, f"isolation broken: {probe.returncode} {probe.stderr[-2000:]}"
-
-    paths = make_demo_pool(str(tmp_path / "data"), n_rows=400, n_files=2)
     zip_path = package_zip(str(tmp_path))
     spark_home = Path(pyspark.__file__).parent
     ensure_java()
     env = {**os.environ, "SPARK_HOME": str(spark_home), "PYSPARK_PYTHON": str(python),
            "PYSPARK_DRIVER_PYTHON": str(python), "SPARK_LOCAL_IP": "127.0.0.1"}
-    out = tmp_path / "run"
-    cmd = [str(spark_home / "bin" / "spark-submit"), "--master", "local[2]", "--py-files", zip_path,
+    cmd = [str(spark_home / "bin" / "spark-submit"), "--master", master, "--py-files", zip_path,
            "--conf", "spark.sql.shuffle.partitions=4", "--conf", "spark.ui.enabled=false",
-           str(INFRA / "driver.py"), "curate", "--pool", paths["pool"], "--metadata", paths["metadata"],
-           "--out", str(out), "--t", "50", "--seed", "3"]
+           str(INFRA / "driver.py"), *driver_args]
     r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"spark-submit failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    return r
+
+
+def _balanced_rows(run: Path) -> dict:
+    """The balance summary, after checking that every stage completed and that the data folder
+    holds exactly the rows the summary says were kept."""
     for stage in ("metadata", "match", "count", "balance"):
-        assert (out / stage / "_SUCCESS").exists(), f"{stage}/_SUCCESS missing"
-    summary = json.loads((out / "balance" / "_summary.json").read_text())
+        assert (run / stage / "_SUCCESS").exists(), f"{stage}/_SUCCESS missing"
+    summary = json.loads((run / "balance" / "_summary.json").read_text())
     assert summary["reconciled"] and summary["in"] == summary["out"] + sum(summary["rejected"].values())
+    assert summary["kept"] == summary["out"] > 0
+    assert pq.read_table(run / "balance").num_rows == summary["kept"]
+    return summary
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_spark_submit_driver_with_py_files(tmp_path):
+    """`spark-submit --py-files metacurate_pkgs.zip infra/driver.py curate ...` completes all stages,
+    with driver and executors that can import our code only from the zip."""
+    from jobs.demo import make_demo_pool
+
+    paths = make_demo_pool(str(tmp_path / "data"), n_rows=400, n_files=2)
+    out = tmp_path / "run"
+    r = _spark_submit(tmp_path, "local[2]", ["curate", "--pool", paths["pool"], "--metadata", paths["metadata"],
+                                             "--out", str(out), "--t", "50", "--seed", "3"])
+    summary = _balanced_rows(out)
     assert summary["t"] == 50 and summary["seed"] == 3 and summary["pool"] == 400
     assert "balance: t=50 seed=3" in r.stdout  # the CLI's own summary, printed by the driver
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_spark_submit_run_config_on_a_standalone_cluster(tmp_path):
+    """`spark-submit --master spark://... --py-files ... infra/driver.py run --config run.yaml` on a
+    standalone master with two workers: spark-submit's --master wins over the config's default
+    (the application is registered with the master, not run in local mode), the executors import
+    our code only from the zip, and the kept rows are all in RUN/balance/."""
+    from jobs.demo import make_demo_pool
+    from jobs.localcluster import start_cluster
+
+    paths = make_demo_pool(str(tmp_path / "data"), n_rows=600, n_files=3)
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "run_dir": str(out), "pool": {"path": paths["pool"], "rows_per_unit": 100},
+        "metadata": {"path": paths["metadata"]}, "balance": {"t": 40, "seed": 5},
+        "stages": ["metadata", "match", "count", "balance"]}))
+    cluster = start_cluster(workers=2, cores=1, memory="1g")
+    try:
+        _spark_submit(tmp_path, cluster.master_url, ["run", "--config", str(config)])
+        apps = cluster.applications()
+    finally:
+        cluster.stop()
+    assert [(a["name"], a["state"]) for a in apps] == [("metacurate", "FINISHED")], apps
+    summary = _balanced_rows(out)
+    assert summary["t"] == 40 and summary["seed"] == 5 and summary["pool"] == 600

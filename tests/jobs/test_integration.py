@@ -15,7 +15,7 @@ import pytest
 
 from jobs.demo import make_demo_pool
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 
 def _kept(run):

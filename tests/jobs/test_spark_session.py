@@ -1,7 +1,7 @@
 """The session get_spark() builds: Python workers get the environment and socket type it sets."""
 import os
 
-from jobs.spark import PYTHON_WORKER_ENV
+from jobs.spark import PYTHON_WORKER_ENV, UNIX_SOCKET_SPARK, spark_version
 
 
 def test_python_workers_get_the_allocator_environment_and_unix_sockets(spark):
@@ -13,8 +13,13 @@ def test_python_workers_get_the_allocator_environment_and_unix_sockets(spark):
     # ... and Arrow in the workers really allocates from the pool that variable names
     pools = sc.parallelize(range(2), 2).map(lambda _: __import__("pyarrow").default_memory_pool().backend_name).collect()
     assert pools == [os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")] * 2
-    assert sc.getConf().get("spark.python.unix.domain.socket.enabled") == "true"
-    # broadcasts and accumulators still work over Unix sockets
+    # Unix sockets where this Spark has them (the worker daemon reads the variable Spark sets from
+    # the setting); older lines stay on TCP loopback and get no setting they do not know
+    unix = spark_version() >= UNIX_SOCKET_SPARK
+    assert sc.getConf().get("spark.python.unix.domain.socket.enabled", None) == ("true" if unix else None)
+    flags = sc.parallelize(range(2), 2).map(lambda _: os.environ.get("PYTHON_UNIX_DOMAIN_ENABLED", "")).collect()
+    assert [f.lower() == "true" for f in flags] == [unix] * 2
+    # broadcasts and accumulators still work over the worker sockets
     bc = sc.broadcast(list(range(10)))
     acc = sc.accumulator(0)
     sc.parallelize(range(4), 4).foreach(lambda x: acc.add(len(bc.value)))
@@ -41,3 +46,12 @@ def test_progress_logs_the_block_s_tasks_and_clears_its_job_group(spark, caplog)
     assert sc.getLocalProperty("spark.jobGroup.id") is None  # later jobs are not counted under it
     sc.parallelize(range(3), 3).count()
     assert task_counts(sc, group) == {"total": 6, "done": 6, "running": 0, "failed": 0}
+
+
+def test_the_jvm_runs_the_installed_pyspark_line(spark):
+    """Python and JVM sides are one Spark release (a stray SPARK_HOME would pair other jars with this
+    pyspark), and spark_version() reads it the same way."""
+    import pyspark
+
+    assert spark.version.split(".")[:2] == pyspark.__version__.split(".")[:2]
+    assert spark_version() == tuple(int(n) for n in spark.version.split(".")[:2])
