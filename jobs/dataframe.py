@@ -73,13 +73,68 @@ def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Record
         yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
+#: Joined batches read ahead of the one being matched (each BATCH_ROWS rows).
+READ_AHEAD = 3
+_END = object()
+
+
+def _read_ahead(batches: Iterator[pa.RecordBatch], depth: int = READ_AHEAD) -> Iterator[pa.RecordBatch]:
+    """``batches``, pulled by a thread up to ``depth`` ahead of the consumer, in order.
+
+    Spark's Python runner feeds a worker's input from the task thread, and only while that thread
+    waits for output; a worker that reads its next batch only after matching the current one leaves
+    the JVM writing the last output while it idles. Reading ahead lets the worker match batch i+1
+    while the JVM turns batch i into rows (about 15% of the DataFrame path's time on one core,
+    benchmarks/dataframe_api.py). The source's exceptions reach the consumer; a consumer that stops
+    early stops the thread at its next batch."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item: Any = _END
+        except BaseException as exc:  # handed to the consumer, raised there
+            item = exc
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=pump, name="metacurate-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def _match_batches(task: dict):
     """The mapInArrow function: uid (where missing), caption checks, matching, per batch."""
     from jobs.stages.match import _executor_matcher, sha224_uids, texts_and_reasons
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         matcher = _executor_matcher(task)
-        for batch in _rebatch(batches, BATCH_ROWS):
+        for batch in _read_ahead(_rebatch(batches, BATCH_ROWS)):
             n = batch.num_rows
             urls = batch.column(task["url_col"])
             urls = urls.cast(pa.string()) if not pa.types.is_string(urls.type) else urls

@@ -83,3 +83,65 @@ def test_the_example_script_runs(tmp_path):
     assert "-> kept" in proc.stdout and "most matched entries" in proc.stdout
     kept = pq.read_table(tmp_path / "curated")
     assert kept.num_rows > 0 and {"URL", "TEXT", "uid", "entry_ids", "p_keep"} <= set(kept.column_names)
+
+
+# --------------------------------------------------------------------------- the worker-side pieces
+def test_read_ahead_keeps_order_and_passes_errors_and_stops_early():
+    import threading
+    import time
+
+    from jobs.dataframe import _read_ahead
+
+    assert list(_read_ahead(iter(range(100)), depth=3)) == list(range(100))
+    assert list(_read_ahead(iter([]))) == []
+
+    def broken():
+        yield 1
+        yield 2
+        raise InputError("bad batch 3")
+
+    got = []
+    with pytest.raises(InputError, match="bad batch 3"):
+        for x in _read_ahead(broken(), depth=1):
+            got.append(x)
+    assert got == [1, 2]  # everything before the error arrives first
+
+    pulled = []
+
+    def endless():
+        i = 0
+        while True:
+            pulled.append(i)
+            yield i
+            i += 1
+
+    it = _read_ahead(endless(), depth=2)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    it.close()  # the consumer stops: the thread must not go on pulling
+    deadline = time.monotonic() + 5
+    while any(t.name == "metacurate-read-ahead" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "metacurate-read-ahead" for t in threading.enumerate())
+    assert len(pulled) <= 5 + 2 + 2  # at most the queue and one batch in hand beyond what was taken
+
+
+def test_match_function_gives_the_same_rows_whatever_the_batching(pool, monkeypatch):
+    """The mapInArrow function run in this process over the pool cut into batches of 7 rows
+    (joined to 50, read ahead) gives exactly the rows of one batch: order, uids, ids."""
+    import pyarrow as pa
+
+    from jobs import dataframe
+    from jobs.stages.match import compile_matcher
+
+    table = pq.read_table(pool["pool"])
+    entries = json.loads(Path(pool["metadata"]).read_text())
+    task = {**compile_matcher(entries, "metaclip1"), "text_col": "text", "url_col": "url", "uid_col": "uid",
+            "max_text_bytes": 65_536, "keep_unmatched": False}
+    whole = pa.Table.from_batches(list(dataframe._match_batches(task)(iter(table.combine_chunks().to_batches()))))
+    monkeypatch.setattr(dataframe, "BATCH_ROWS", 50)
+    small = table.to_batches(max_chunksize=7)
+    assert len(small) > 100
+    pieces = list(dataframe._match_batches(task)(iter(small)))
+    assert len(pieces) > 10
+    cut = pa.Table.from_batches(pieces)
+    assert whole.num_rows > 0 and cut.to_pydict() == whole.to_pydict()
