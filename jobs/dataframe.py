@@ -93,26 +93,24 @@ def _read_ahead(batches: Iterator[pa.RecordBatch], depth: int = READ_AHEAD) -> I
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def pump() -> None:
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        q.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            item: Any = _END
-        except BaseException as exc:  # handed to the consumer, raised there
-            item = exc
+    def put(item: Any) -> bool:
+        """Queue ``item`` unless the consumer has stopped; False when it has."""
         while not stop.is_set():
             try:
                 q.put(item, timeout=0.1)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
+
+    def pump() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
 
     thread = threading.Thread(target=pump, name="metacurate-read-ahead", daemon=True)
     thread.start()
