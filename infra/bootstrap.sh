@@ -23,7 +23,9 @@ fi
 if [ -n "$EXTRA" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
     && [ "$(id -u)" = 0 ]; then
   echo "[bootstrap] installing Debian's chromium (headless page rendering in the tests)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  # not fatal: without it the page-render test is skipped, with the reason
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+    || echo "[bootstrap] could not install chromium: tests/e2e/test_pages_render.py will be skipped"
 fi
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   echo "[bootstrap] installing torch 2.13.0 (CPU build)"
