@@ -82,10 +82,11 @@ def _read_ahead(batches: Iterator[pa.RecordBatch], depth: int = READ_AHEAD) -> I
     """``batches``, pulled by a thread up to ``depth`` ahead of the consumer, in order.
 
     Spark's Python runner feeds a worker's input from the task thread, and only while that thread
-    waits for output; a worker that reads its next batch only after matching the current one leaves
-    the JVM writing the last output while it idles. Reading ahead lets the worker match batch i+1
-    while the JVM turns batch i into rows (about 15% of the DataFrame path's time on one core,
-    benchmarks/dataframe_api.py). The source's exceptions reach the consumer; a consumer that stops
+    waits for output; a worker that reads its next batch only after matching the current one, and
+    matches only after handing the last result over, leaves the JVM writing the last output while it
+    idles. Used twice in the match worker (input read ahead; matching ahead of the hand-over), it
+    lets the worker match batch i+1 while the JVM turns batch i into rows
+    (benchmarks/dataframe_api.py). The source's exceptions reach the consumer; a consumer that stops
     early stops the thread at its next batch."""
     import queue
     import threading
@@ -130,7 +131,7 @@ def _match_batches(task: dict):
     """The mapInArrow function: uid (where missing), caption checks, matching, per batch."""
     from jobs.stages.match import _executor_matcher, sha224_uids, texts_and_reasons
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def matched(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         matcher = _executor_matcher(task)
         for batch in _read_ahead(_rebatch(batches, BATCH_ROWS)):
             n = batch.num_rows
@@ -158,6 +159,11 @@ def _match_batches(task: dict):
             cols["entry_ids"] = matched.cast(pa.list_(pa.int32()))
             out = pa.RecordBatch.from_pydict(cols)
             yield out.filter(pa.array(keep)) if not keep.all() else out
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        # three threads: input read ahead, matching, and this one, which only hands finished batches to
+        # Spark (and waits while the JVM is busy writing the last one, without stopping the matching)
+        return _read_ahead(matched(batches), depth=2)
     return run
 
 
