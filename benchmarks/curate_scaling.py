@@ -40,12 +40,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.data import CACHE_DIR, bench_captions, bench_metadata  # noqa: E402
+from benchmarks.data import CACHE_DIR, bench_metadata, write_pool  # noqa: E402
 from jobs.stages.match import PoolConfig  # noqa: E402
 
 CHILD = r"""
@@ -79,20 +77,6 @@ m = json.load(open(os.path.join(out, match.STAGE.dir_name(), "_summary.json")))
 print("RESULT " + json.dumps({"times": times, "rows": s["pool"], "match_seconds": m.get("seconds", {}), "warmup": warmup,
       "py_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "jvm_rss": hwm}))
 """
-
-
-def write_pool(n: int, path: Path, chunk: int = 250_000) -> Path:
-    if (path / "_done").exists():
-        return path
-    path.mkdir(parents=True, exist_ok=True)
-    for i, start in enumerate(range(0, n, chunk)):
-        m = min(chunk, n - start)
-        caps = bench_captions(m, seed=1000 + i)
-        urls = [f"http://example.invalid/{start + j}.jpg" for j in range(m)]
-        pq.write_table(pa.table({"url": urls, "text": caps}), path / f"part-{i:05d}.parquet",
-                       row_group_size=50_000)
-    (path / "_done").write_text("")
-    return path
 
 
 def spark_run(master: str, pool: Path, meta: Path, rows_per_unit: int, warm_pool: Path | None) -> dict:

@@ -165,3 +165,21 @@ def bench_captions(n: int, seed: int = 0) -> list[str]:
            for _ in range(n)]
     _atomic_write(path, json.dumps(out, ensure_ascii=False).encode("utf-8"))
     return out
+
+
+def write_pool(n: int, path: Path, chunk: int = 250_000, seed: int = 1000) -> Path:
+    """A pool folder of ``n`` (url, text) rows in parquet files of ``chunk`` rows (50k-row groups),
+    file ``i``'s captions drawn with seed ``seed + i``; written once, reused while ``_done`` exists."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if (path / "_done").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    for i, start in enumerate(range(0, n, chunk)):
+        m = min(chunk, n - start)
+        pq.write_table(pa.table({"url": [f"http://example.invalid/{start + j}.jpg" for j in range(m)],
+                                 "text": bench_captions(m, seed=seed + i)}), path / f"part-{i:05d}.parquet",
+                       row_group_size=50_000)
+    (path / "_done").write_text("")
+    return path

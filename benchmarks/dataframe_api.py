@@ -38,24 +38,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def write_pool(n: int, path: Path, chunk: int = 100_000) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from benchmarks.data import bench_captions
-
-    if (path / "_done").exists():
-        return path
-    path.mkdir(parents=True, exist_ok=True)
-    for i, start in enumerate(range(0, n, chunk)):
-        m = min(chunk, n - start)
-        pq.write_table(pa.table({"url": [f"http://example.invalid/{start + j}.jpg" for j in range(m)],
-                                 "text": bench_captions(m, seed=2000 + i)}), path / f"part-{i:05d}.parquet",
-                       row_group_size=50_000)
-    (path / "_done").write_text("")
-    return path
-
-
 def tree_cpu_seconds() -> float:
     """CPU seconds (user + system, reaped children included) of this process and every descendant:
     the driver, its JVM, the Python workers. Linux /proc only."""
@@ -150,15 +132,15 @@ def main() -> None:
                          "pays for C1)")
     args = ap.parse_args()
 
-    from benchmarks.data import CACHE_DIR, bench_metadata
+    from benchmarks.data import CACHE_DIR, bench_metadata, write_pool
     from jobs.spark import get_spark
 
     entries = bench_metadata(args.entries)
     meta = CACHE_DIR / f"metadata-{len(entries)}.json"
     if not meta.exists():
         meta.write_text(json.dumps(entries))
-    pool = write_pool(args.rows, CACHE_DIR / f"dfpool-{args.rows}")
-    warm = write_pool(20_000, CACHE_DIR / "dfpool-20000")
+    pool = write_pool(args.rows, CACHE_DIR / f"dfpool-{args.rows}", chunk=100_000, seed=2000)
+    warm = write_pool(20_000, CACHE_DIR / "dfpool-20000", chunk=100_000, seed=2000)
     # the DataFrame path reads as many partitions as the run-directory path has units
     conf = {"spark.sql.files.maxPartitionBytes": str(16 << 20)}
     if args.jvm == "cluster":

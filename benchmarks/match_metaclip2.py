@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyarrow as pa  # noqa: E402
 
 from benchmarks.data import bench_captions, bench_metadata  # noqa: E402
-from benchmarks.match_throughput import best_of, rss_mb  # noqa: E402
+from benchmarks.match_throughput import best_of, print_profile, rss_mb  # noqa: E402
 from curation.fastmatch import FastMatcher  # noqa: E402
 from curation.matching import Matcher  # noqa: E402
 
@@ -255,15 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     assert identical, "FastMatcher and Matcher disagree"
 
     if args.profile:
-        import cProfile
-        import pstats
-
-        prof = cProfile.Profile()
-        prof.enable()
-        for b in batches:
-            fast.match_arrow(b)
-        prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(20)
+        print_profile(fast, batches, 20)
     return 0
 
 

@@ -59,6 +59,19 @@ def best_of(repeat: int, n: int, fn):
     return Timing(n, wall, cpu), out
 
 
+def print_profile(fast: FastMatcher, batches, lines: int) -> None:
+    """A cProfile of one ``match_arrow`` pass over ``batches``, the ``lines`` costliest functions."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for b in batches:
+        fast.match_arrow(b)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--captions", type=int, default=100_000)
@@ -117,15 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     assert identical, "FastMatcher and Matcher disagree"
 
     if args.profile:
-        import cProfile
-        import pstats
-
-        prof = cProfile.Profile()
-        prof.enable()
-        for b in batches:
-            fast.match_arrow(b)
-        prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+        print_profile(fast, batches, 15)
     return 0
 
 
