@@ -308,3 +308,44 @@ class Storage:
                 self.put_file(src, join(url, name))
                 names.append(name)
         return names
+
+    def appender(self, url: str, keep: bool = True) -> "Appender":
+        """A file written a piece at a time (a log, an event file); see :class:`Appender`.
+        ``keep``: an existing file's content stays in front of what is written."""
+        return Appender(self, url, keep)
+
+
+class Appender:
+    """A file grown a piece at a time. On a local disk each piece is appended and flushed at once
+    (what a crash leaves is readable). Object stores cannot append: the pieces are kept in memory
+    and the whole file is rewritten at every :meth:`flush` and at :meth:`close`."""
+
+    def __init__(self, storage: Storage, url: str, keep: bool = True) -> None:
+        self.storage, self.url = storage, url
+        self._pieces: list[bytes] = []
+        self._fh = None
+        if is_remote(url):
+            if keep and storage.exists(url):
+                self._pieces.append(storage.read_bytes(url))
+        else:
+            storage.makedirs(os.path.dirname(url) or ".")
+            self._fh = open(url, "ab" if keep else "wb")
+
+    def write(self, data: bytes) -> None:
+        if self._fh is not None:
+            self._fh.write(data)
+            self._fh.flush()
+        else:
+            self._pieces.append(data)
+
+    def flush(self) -> None:
+        """Nothing to do locally (every write is flushed); on an object store, rewrite the file."""
+        if self._fh is None:
+            self.storage.write_bytes(self.url, b"".join(self._pieces))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        else:
+            self.flush()

@@ -178,39 +178,21 @@ def _find_resume(cfg: TrainConfig, out: str, storage: Storage) -> str | None:
 
 
 class _MetricsLog:
-    """``metrics.jsonl``: appended line by line on a local disk (what a crash leaves is readable);
-    object stores cannot append, so there the whole file is rewritten at every checkpoint and at
-    the end (``flush``)."""
+    """``metrics.jsonl``, one JSON record per line: appended and flushed line by line on a local
+    disk, rewritten whole at every checkpoint and at the end on an object store
+    (:class:`curation.storage.Appender`); a resumed run adds to the existing file."""
 
     def __init__(self, url: str, storage: Storage) -> None:
-        self.url, self.storage = url, storage
-        self.remote = is_remote(url)
-        self.lines: list[bytes] = []
-        if self.remote:
-            if storage.exists(url):
-                self.lines = [storage.read_bytes(url)]
-            self.fh = None
-        else:
-            storage.makedirs(os.path.dirname(url) or ".")
-            self.fh = open(url, "a", encoding="utf-8")
+        self.file = storage.appender(url)
 
     def write(self, record: dict) -> None:
-        line = json.dumps(record) + "\n"
-        if self.fh is not None:
-            self.fh.write(line)
-            self.fh.flush()
-        else:
-            self.lines.append(line.encode())
+        self.file.write((json.dumps(record) + "\n").encode())
 
     def flush(self) -> None:
-        if self.remote:
-            self.storage.write_bytes(self.url, b"".join(self.lines))
+        self.file.flush()
 
     def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-        else:
-            self.flush()
+        self.file.close()
 
 
 def _check(cfg: TrainConfig) -> None:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from curation.storage import Storage, is_remote, join
+from curation.storage import Storage, join
 
 FILE_VERSION = "brain.Event:2"
 
@@ -217,35 +217,18 @@ class EventWriter:
         name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
                 f"{next(_WRITERS)}")
         self.url = join(directory, name)
-        self.remote = is_remote(self.url)
-        self._chunks: list[bytes] = []
-        self._fh = None
-        if not self.remote:
-            self.storage.makedirs(os.path.dirname(self.url) or ".")
-            self._fh = open(self.url, "ab")
-        self._write(record(encode_event(time.time(), file_version=FILE_VERSION)))
-
-    def _write(self, data: bytes) -> None:
-        if self._fh is not None:
-            self._fh.write(data)
-            self._fh.flush()
-        else:
-            self._chunks.append(data)
+        self.file = self.storage.appender(self.url, keep=False)
+        self.file.write(record(encode_event(time.time(), file_version=FILE_VERSION)))
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         """One event holding every ``tag: value`` of this step."""
         clean = {tag: float(v) for tag, v in values.items() if v is not None}
         if clean:
-            self._write(record(encode_event(time.time(), step, clean)))
+            self.file.write(record(encode_event(time.time(), step, clean)))
 
     def flush(self) -> None:
         """Local files are always flushed; an object-store file is (re)written whole here."""
-        if self.remote:
-            self.storage.write_bytes(self.url, b"".join(self._chunks))
+        self.file.flush()
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        else:
-            self.flush()
+        self.file.close()
