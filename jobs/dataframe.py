@@ -131,7 +131,7 @@ def _match_batches(task: dict):
     """The mapInArrow function: uid (where missing), caption checks, matching, per batch."""
     from jobs.stages.match import _executor_matcher, sha224_uids, texts_and_reasons
 
-    def matched(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def match_all(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         matcher = _executor_matcher(task)
         for batch in _read_ahead(_rebatch(batches, BATCH_ROWS)):
             n = batch.num_rows
@@ -148,22 +148,20 @@ def _match_batches(task: dict):
                 uids, no_id = from_url, no_url
             texts, codes, _ = texts_and_reasons(batch.column(task["text_col"]), task["max_text_bytes"])
             valid = (codes == 0) & ~no_url
-            matched = matcher.match_arrow(pc.if_else(pa.array(valid), texts, pa.scalar(None, pa.string())))
-            lengths = pc.list_value_length(matched).to_numpy(zero_copy_only=False)
+            ids = matcher.match_arrow(pc.if_else(pa.array(valid), texts, pa.scalar(None, pa.string())))
+            lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
             keep = np.ones(n, bool) if task["keep_unmatched"] else (valid & (lengths > 0))
             cols = {name: batch.column(name) for name in batch.schema.names}
-            if task["uid_col"] not in cols:
-                cols["uid"] = pc.if_else(pa.array(no_id), pa.scalar(None, pa.string()), uids)
-            else:
-                cols[task["uid_col"]] = pc.if_else(pa.array(no_id), pa.scalar(None, pa.string()), uids)
-            cols["entry_ids"] = matched.cast(pa.list_(pa.int32()))
+            uid_name = task["uid_col"] if task["uid_col"] in cols else "uid"
+            cols[uid_name] = pc.if_else(pa.array(no_id), pa.scalar(None, pa.string()), uids)
+            cols["entry_ids"] = ids.cast(pa.list_(pa.int32()))
             out = pa.RecordBatch.from_pydict(cols)
             yield out.filter(pa.array(keep)) if not keep.all() else out
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # three threads: input read ahead, matching, and this one, which only hands finished batches to
         # Spark (and waits while the JVM is busy writing the last one, without stopping the matching)
-        return _read_ahead(matched(batches), depth=2)
+        return _read_ahead(match_all(batches), depth=2)
     return run
 
 
