@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.data import CACHE_DIR, bench_metadata, write_pool  # noqa: E402
-from jobs.stages.match import PoolConfig  # noqa: E402
+from curation.pool import PoolConfig  # noqa: E402
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -101,7 +101,8 @@ from benchmarks.data import bench_captions
 from curation.fastmatch import FastMatcher
 from curation.matching import load_metadata_json
 from curation.storage import Storage
-from jobs.stages.match import PoolConfig, _executor_matcher, _match_unit, compile_matcher, plan_units
+from curation.pool import PoolConfig, plan_units
+from jobs.stages.match import _executor_matcher, _match_unit, compile_matcher
 pool, meta, rows_per_unit, n_sample, n_reference = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 captions = bench_captions(n_sample, seed=1000)
 build = reference = None

@@ -14,15 +14,26 @@ parquet, compute uids, check captions, match, write the matched rows as parquet.
 The per-core rate is rows per CPU-second of the whole process tree (driver, JVM, Python workers,
 from /proc): in ``local[1]`` the DataFrame path's JVM does its I/O on a second core while the
 Python worker matches, so its wall-clock rate overstates what it gets per core. Prints both, the
-ratio DataFrame / run-directory of each (goal >= 0.8 per core), and the CPU cost of Spark's side
-alone (the DataFrame path with placeholder columns instead of matching: parquet read, Arrow to and
-from the Python worker, parquet write).
+ratio DataFrame / run-directory of each (goal >= 0.8 per core), and where each path's CPU goes,
+per million rows: the JVM by thread (task threads: parquet read and write, rows to and from Arrow;
+the JIT compiler; GC), the Python workers, the driver. Two more queries place the cost:
+
+* the DataFrame path into Spark's ``noop`` sink: the same query without the parquet write of the
+  result (the run-directory stage still writes its parts, with pyarrow, inside its workers);
+* "Spark's side alone": placeholder columns instead of matching (parquet read, Arrow to and from
+  a Python worker, parquet write).
+
+Rounds come after one untimed full-size round of every query: a cluster executor runs for hours
+and compiles Spark's parquet and Arrow code once, so that JIT time is not a per-row cost. Each new
+query still has some (its generated classes); the "JIT compiler" part shows it, and it shrinks
+per row as ``--rows`` grows.
 
 The JVM runs with its own defaults (``--jvm cluster``), as on cluster executors and in the session
 a DataFrame user brings. ``--jvm local`` keeps the C1-only JIT and serial GC that ``metacurate``
 gives its own local sessions (there the JVM only schedules tasks): the DataFrame path, whose I/O
 runs in the JVM, is then much slower, the run-directory path barely changes. Usage:
-  python benchmarks/dataframe_api.py [--rows 400000] [--entries 500000] [--rounds 2] [--jvm cluster|local]
+  python benchmarks/dataframe_api.py [--rows 1000000] [--entries 500000] [--rounds 3] [--jvm cluster|local]
+                                     [--conf KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -38,39 +49,86 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def tree_cpu_seconds() -> float:
-    """CPU seconds (user + system, reaped children included) of this process and every descendant:
-    the driver, its JVM, the Python workers. Linux /proc only."""
+#: CPU accounts a run's seconds go to. The JVM's are split by thread (names as /proc shows them,
+#: cut to 15 characters); a JVM thread that has exited counts under "JVM, other".
+PARTS = ("JVM, task threads", "JVM, JIT compiler", "JVM, GC", "JVM, other", "Python workers", "driver (Python)")
+
+
+def _jvm_part(thread: str) -> str:
+    if thread.startswith("Executor task"):
+        return "JVM, task threads"  # parquet read/write, rows <-> Arrow, the Python runner
+    if "CompilerThre" in thread:
+        return "JVM, JIT compiler"
+    if thread.startswith(("GC Thread", "G1 ", "VM Thread")):
+        return "JVM, GC"
+    return "JVM, other"
+
+
+def cpu_by_part() -> dict[str, float]:
+    """CPU seconds (user + system, reaped children included) of this process and every descendant,
+    by part (``PARTS``): the driver, its JVM by thread, the Python workers. Linux /proc only."""
     from collections import defaultdict
 
-    cpu, children = {}, defaultdict(list)
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(stat: str, children: bool = True) -> float:
+        f = stat[stat.rindex(")") + 2:].split()
+        return sum(int(x) for x in f[11:15 if children else 13]) / tick
+
+    stats, kids, is_java = {}, defaultdict(list), {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             stat = Path(f"/proc/{d}/stat").read_text()
+            exe = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")[0]
         except OSError:
             continue
-        rest = stat[stat.rindex(")") + 2:].split()
-        children[int(rest[1])].append(int(d))
-        cpu[int(d)] = sum(int(x) for x in rest[11:15])  # utime stime cutime cstime
-    total, stack = 0, [os.getpid()]
+        pid = int(d)
+        stats[pid], is_java[pid] = stat, exe.endswith(b"java")
+        kids[int(stat[stat.rindex(")") + 2:].split()[1])].append(pid)
+    out = dict.fromkeys(PARTS, 0.0)
+    me = os.getpid()
+    stack = [(me, False)]
     while stack:
-        pid = stack.pop()
-        total += cpu.get(pid, 0)
-        stack.extend(children[pid])
-    return total / os.sysconf("SC_CLK_TCK")
+        pid, under_jvm = stack.pop()
+        if pid not in stats:
+            continue
+        if pid == me:
+            out["driver (Python)"] += cpu(stats[pid], children=False)
+        elif is_java[pid]:
+            total, seen = cpu(stats[pid], children=False), 0.0
+            for t in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    st = Path(f"/proc/{pid}/task/{t}/stat").read_text()
+                except OSError:
+                    continue
+                c = cpu(st, children=False)
+                out[_jvm_part(st[st.index("(") + 1:st.rindex(")")])] += c
+                seen += c
+            out["JVM, other"] += max(0.0, total - seen)
+        else:
+            out["Python workers" if under_jvm else "driver (Python)"] += cpu(stats[pid], children=False)
+        # reaped children of this process (e.g. Python workers that have exited)
+        f = stats[pid][stats[pid].rindex(")") + 2:].split()
+        dead = (int(f[13]) + int(f[14])) / tick
+        out["Python workers" if (is_java[pid] or under_jvm) else "driver (Python)"] += dead
+        stack.extend((k, under_jvm or is_java[pid]) for k in kids[pid])
+    return out
 
 
 class Timed:
-    """Wall and whole-tree CPU seconds of a with-block."""
+    """Wall seconds and CPU seconds by part (``cpu_by_part``) of a with-block."""
 
     def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), tree_cpu_seconds()
+        self.wall, self._cpu = time.perf_counter(), cpu_by_part()
         return self
 
     def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, tree_cpu_seconds() - self.cpu
+        after = cpu_by_part()
+        self.wall = time.perf_counter() - self.wall
+        self.parts = {k: after[k] - self._cpu[k] for k in PARTS}
+        self.cpu = sum(self.parts.values())
 
 
 def run_dir_path(spark, pool: Path, meta: Path, out: str, rows_per_unit: int) -> Timed:
@@ -85,11 +143,13 @@ def run_dir_path(spark, pool: Path, meta: Path, out: str, rows_per_unit: int) ->
     return t
 
 
-def dataframe_path(spark, pool: Path, entries: list[str], out: str) -> Timed:
+def dataframe_path(spark, pool: Path, entries: list[str], out: str, sink: str = "parquet") -> Timed:
+    """read parquet -> ``jobs.dataframe.match`` -> write ``sink`` (``noop``: Spark's sink that
+    runs the whole query and writes nothing, to show what the parquet write costs)."""
     from jobs.dataframe import match
 
     with Timed() as t:
-        match(spark.read.parquet(str(pool)), entries).write.mode("overwrite").parquet(out)
+        match(spark.read.parquet(str(pool)), entries).write.mode("overwrite").format(sink).save(out)
     return t
 
 
@@ -119,17 +179,25 @@ def spark_side_only(spark, pool: Path, out: str) -> Timed:
     return t
 
 
+def _per_million(parts: list[dict[str, float]], rows: int) -> str:
+    mean = {k: sum(p[k] for p in parts) / len(parts) * 1e6 / rows for k in PARTS}
+    return ", ".join(f"{k} {v:.2f}" for k, v in mean.items() if v >= 0.005) + f"; total {sum(mean.values()):.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=400_000)
+    ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--entries", type=int, default=500_000)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds, after one untimed warm-up round")
     ap.add_argument("--rows-per-unit", type=int, default=100_000, help="the match stage's rows per task")
     ap.add_argument("--jvm", choices=("cluster", "local"), default="cluster",
                     help="cluster (default): the JVM's own defaults, as on cluster executors and in a session the "
                          "user made; local: the C1-only JIT and serial GC metacurate gives its local[*] sessions, "
                          "where the JVM only schedules tasks (the DataFrame path's I/O runs in the JVM, so it "
                          "pays for C1)")
+    ap.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                    help="a Spark setting for the session, e.g. spark.sql.execution.arrow.maxBytesPerBatch="
+                         "2147483647 (repeatable)")
     args = ap.parse_args()
 
     from benchmarks.data import CACHE_DIR, bench_metadata, write_pool
@@ -140,38 +208,54 @@ def main() -> None:
     if not meta.exists():
         meta.write_text(json.dumps(entries))
     pool = write_pool(args.rows, CACHE_DIR / f"dfpool-{args.rows}", chunk=100_000, seed=2000)
-    warm = write_pool(20_000, CACHE_DIR / "dfpool-20000", chunk=100_000, seed=2000)
     # the DataFrame path reads as many partitions as the run-directory path has units
     conf = {"spark.sql.files.maxPartitionBytes": str(16 << 20)}
     if args.jvm == "cluster":
         # the JVM as cluster executors (and a user's own session) run it: C2 JIT, default collector
         conf["spark.driver.extraJavaOptions"] = ""
+    for kv in args.conf:
+        k, _, v = kv.partition("=")
+        conf[k] = v
     spark = get_spark("local[1]", "metacurate-bench-dataframe", conf=conf)
     work = tempfile.mkdtemp(prefix="bench-df-")
+    n = args.rows
+    paths = {
+        "run-directory stage": lambda r: run_dir_path(spark, pool, meta, os.path.join(work, f"run{r}"),
+                                                      args.rows_per_unit),
+        "DataFrame API": lambda r: dataframe_path(spark, pool, entries, os.path.join(work, f"df{r}")),
+        "DataFrame API, noop sink": lambda r: dataframe_path(spark, pool, entries, "", sink="noop"),
+        "Spark's side alone": lambda r: spark_side_only(spark, pool, os.path.join(work, f"spark{r}")),
+    }
     try:
-        run_dir_path(spark, warm, meta, os.path.join(work, "warm-run"), args.rows_per_unit)  # matcher, JIT
-        dataframe_path(spark, warm, entries, os.path.join(work, "warm-df"))
-        print(f"metadata: {len(entries):,} entries; pool: {args.rows:,} captions; local[1] (one core); "
-              f"JVM options: {args.jvm}")
-        walls, cpus, sides = [], [], []
-        n = args.rows
+        # One untimed round at full size first: a cluster executor runs for hours, so the JIT
+        # compiling Spark's parquet and Arrow code (a few CPU-seconds) is paid once per executor,
+        # not per million rows; a short warm-up would bill most of it to the first timed round.
+        for name, run in paths.items():
+            run(0)
+        print(f"metadata: {len(entries):,} entries; pool: {n:,} captions; local[1] (one core); "
+              f"JVM options: {args.jvm}; {args.rounds} timed rounds after 1 untimed")
+        timed: dict[str, list[Timed]] = {name: [] for name in paths}
         for r in range(1, args.rounds + 1):
-            a = run_dir_path(spark, pool, meta, os.path.join(work, f"run{r}"), args.rows_per_unit)
-            b = dataframe_path(spark, pool, entries, os.path.join(work, f"df{r}"))
-            c = spark_side_only(spark, pool, os.path.join(work, f"spark{r}"))
-            walls.append(a.wall / b.wall)
-            cpus.append(a.cpu / b.cpu)
-            sides.append(a.cpu / c.cpu)
-            print(f"round {r}: run-directory stage {n / a.wall:,.0f} rows/s wall, {n / a.cpu:,.0f} rows per CPU-s; "
-                  f"DataFrame API {n / b.wall:,.0f} rows/s wall, {n / b.cpu:,.0f} rows per CPU-s; "
-                  f"Spark's side alone {n / c.cpu:,.0f} rows per CPU-s")
+            line = []
+            for name, run in paths.items():
+                t = run(r)
+                timed[name].append(t)
+                line.append(f"{name} {n / t.cpu:,.0f} rows per CPU-s ({n / t.wall:,.0f}/s wall)")
+            print(f"round {r}: " + "; ".join(line), flush=True)
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        print(f"DataFrame / run-directory, rows per CPU-second (per-core rate), mean of {len(cpus)} rounds: "
-              f"{mean(cpus):.2f} (goal >= 0.8); rounds: {', '.join(f'{x:.2f}' for x in cpus)}")
+        rd, df = timed["run-directory stage"], timed["DataFrame API"]
+        cpus = [a.cpu / b.cpu for a, b in zip(rd, df)]
+        print("\nCPU-seconds per million rows, by part (mean of the timed rounds):")
+        for name, ts in timed.items():
+            print(f"  {name}: {_per_million([t.parts for t in ts], n)}")
+        print(f"\nDataFrame / run-directory, rows per CPU-second (per-core rate): {mean(cpus):.2f} (goal >= 0.8); "
+              f"rounds: {', '.join(f'{x:.2f}' for x in cpus)}")
         print(f"DataFrame / run-directory, wall-clock rate in local[1] (the JVM's I/O overlaps the Python worker "
-              f"on a second core): {mean(walls):.2f}")
-        print(f"Spark's side alone / run-directory, rows per CPU-second: {mean(sides):.2f} (parquet, Arrow and rows "
-              "in the JVM without any matching)")
+              f"on a second core): {mean([a.wall / b.wall for a, b in zip(rd, df)]):.2f}")
+        noop = timed["DataFrame API, noop sink"]
+        print(f"DataFrame (noop sink) / run-directory, rows per CPU-second: "
+              f"{mean([a.cpu / b.cpu for a, b in zip(rd, noop)]):.2f} (the same query without Spark's parquet "
+              f"write of the result; the run-directory stage still writes its parts)")
     finally:
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)

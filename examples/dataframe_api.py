@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         f = os.path.join(paths["pool"], name)
         pq.write_table(pq.read_table(f).rename_columns(["URL", "TEXT"]), f)
 
-    spark = get_spark(args.master, "metacurate-example")
+    # Here Spark's JVM does the reading and writing, so it keeps its own JIT and collector
+    # (metacurate's local sessions otherwise give it C1 only, for runs where it just schedules tasks).
+    spark = get_spark(args.master, "metacurate-example", conf={"spark.driver.extraJavaOptions": ""})
     pool = spark.read.parquet(paths["pool"])
     matched = match(pool, paths["metadata"], url_col="URL", text_col="TEXT")
     counts = entry_counts(matched).cache()

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--pool needs --metadata")
         from curation.storage import Storage
         from jobs.config import load_config
-        from jobs.stages.match import plan_units
+        from curation.pool import plan_units
 
         pool = load_config(None, values={"run_dir": str(args.work or "."), "pool.path": args.pool,
                                          "pool.rows_per_unit": args.rows_per_unit}).pool

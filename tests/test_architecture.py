@@ -5,6 +5,7 @@
   ``curation.rundir``) -> the algorithms (``curation``, ``metadata``) -> the Spark jobs
   (``jobs`` without its CLI), ``training`` and ``eval`` side by side (``eval`` may use ``training``)
   -> the command line (``jobs.cli``, ``jobs.commands``).
+* No two modules import each other, directly or around a longer loop.
 * The stage registry is the one list of stages: outside ``jobs/stages/`` no code writes stage
   names out as a list, compares a name with a stage name, or asks a run for a stage by a literal.
 """
@@ -87,6 +88,72 @@ def test_the_layer_check_catches_a_back_up_import(tmp_path, monkeypatch):
     assert _layer("eval.fake") == "eval" and "jobs" not in ALLOWED["eval"]
     assert {_layer(t) for t in _imports(fake)} == {"jobs"}
     assert "curation" not in ALLOWED["bottom"] and _layer("curation.storage") == "bottom"
+
+
+# --------------------------------------------------------------------------- import cycles
+def _module_edges(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``path`` imports, at the top or inside functions: ``from a.b import c``
+    is an edge to ``a.b.c`` when that is a module, else to ``a.b``."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                out.add(full if full in modules else node.module)
+    return {m for m in out if m in modules}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of two or more modules that reach each other (strongly connected components)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    """No import cycle, not even one closed by an import inside a function: each module can be read
+    (and imported) after the ones it uses."""
+    modules = _modules()
+    graph = {name: _module_edges(path, modules) - {name} for name, path in modules.items()}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_catches_a_cycle(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("from jobs.stages import match\n")
+    b.write_text("def f():\n    from jobs.stages.lid import LidStage\n")
+    modules = {"jobs.stages.lid": a, "jobs.stages.match": b}
+    graph = {name: _module_edges(path, modules) for name, path in modules.items()}
+    assert graph == {"jobs.stages.lid": {"jobs.stages.match"}, "jobs.stages.match": {"jobs.stages.lid"}}
+    assert _cycles(graph) == [["jobs.stages.lid", "jobs.stages.match"]]
+    assert _cycles({"x": {"y"}, "y": set()}) == []
 
 
 # --------------------------------------------------------------------------- stage names

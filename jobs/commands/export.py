@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jobs.config import storage_for
-    from training.openclip import export_open_clip  # torch from here on
+    from training.export import export_open_clip  # torch from here on
 
     written = export_open_clip(args.checkpoint, args.out, name=args.name, storage=storage_for(args.config))
     print(json.dumps(written, indent=2))

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 
 from curation.errors import InputError
+from curation.pool import plan_units
 from curation.rundir import StageDir, parquet_rows
 from curation.settings import setting
 from curation.storage import Storage
@@ -69,8 +70,6 @@ class LidStage(Stage):
         s: LidConfig = ctx.settings(self)
         if not s.enabled:
             return {"in": 0, "out": 0, "rejected": {}, "enabled": False}
-        from jobs.stages.match import plan_units
-
         pool = ctx.cfg.pool
         languages = metadata_languages(ctx.dir(metadata.MetadataStage))
         _detector(s, languages)  # a wrong undetermined/model fails here, on the driver, in one line

@@ -255,7 +255,8 @@ def test_checkpoints_cross_between_metacurate_and_open_clip(tmp_path):
     from training.checkpoint import load_for_eval
     from training.configs import TrainConfig
     from training.loop import train
-    from training.openclip import WEIGHTS_FILE, export_open_clip
+    from training.export import export_open_clip
+    from training.openclip import WEIGHTS_FILE
 
     rng = np.random.default_rng(5)
     samples = [{"key": f"k{i}", "jpg": _jpeg(rng), "txt": f"a photo of thing {i}",
