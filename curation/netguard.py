@@ -17,7 +17,10 @@ Two layers, both built on one address rule (:func:`address_kind`):
   connection resolves its host itself, checks every address and then connects to the address it
   checked, so neither a redirect to ``127.0.0.1`` nor a DNS answer that changes between a
   pre-check and the connection (rebinding) reaches a refused address; every redirect target is
-  checked like a new URL.
+  checked like a new URL. With ``max_bytes`` it also caps what a response may hand over: one that
+  announces a longer body (``Content-Length``) is refused before its body is read, and one without
+  a length stops at the first byte past the cap (``file_too_large``), so a worker never holds more
+  than that in memory for one URL.
 
 What the guard cannot cover, by construction:
 
@@ -43,7 +46,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-REASONS = ("bad_scheme", "bad_url", "blocked_address", "unresolvable")
+REASONS = ("bad_scheme", "bad_url", "blocked_address", "unresolvable", "file_too_large")
 SCHEMES = ("http", "https")
 
 # Cloud instance-metadata endpoints hand out credentials: refused whatever the switches say.
@@ -389,21 +392,82 @@ class _RefuseOtherSchemes(urllib.request.UnknownHandler):
         raise GuardError("bad_scheme", f"scheme {req.type!r} is not fetched; only http and https are")
 
 
-def guard_opener(allow_loopback: bool = False, allow_private: bool = False) -> urllib.request.OpenerDirector:
-    """A urllib opener that fetches only what the policy allows (see the module doc)."""
+class _SizeLimit(urllib.request.BaseHandler):
+    """Every HTTP(S) response hands over at most ``max_bytes`` of body (see the module doc). It runs
+    after urllib's error processor, so an error status stays that error and a redirect is capped
+    on the response it leads to."""
+
+    handler_order = 1001
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+
+    def http_response(self, req: urllib.request.Request, response: http.client.HTTPResponse):
+        limit = self.max_bytes
+        announced = (response.headers.get("Content-Length") or "").strip()
+        if announced.isdigit() and int(announced) > limit:
+            response.close()
+            raise GuardError("file_too_large", f"{_short(req.full_url)} announces {int(announced):,} bytes, over "
+                                               f"the limit of {limit:,} (download.max_bytes)")
+        _cap_body(response, limit, req.full_url)
+        return response
+
+    https_response = http_response
+
+
+def _cap_body(response: http.client.HTTPResponse, limit: int, url: str) -> None:
+    """Make ``response``'s read methods raise ``file_too_large`` once the body passes ``limit``
+    bytes; a plain ``read()`` asks for one byte more than is left, never for the whole body."""
+    seen = 0
+
+    def over(n: int) -> None:
+        nonlocal seen
+        seen += n
+        if seen > limit:
+            response.close()
+            raise GuardError("file_too_large", f"{_short(url)} sends more than {limit:,} bytes (download.max_bytes)")
+
+    def counted(method: Callable[..., bytes]) -> Callable[..., bytes]:
+        def read(size: int | None = -1, *args: Any) -> bytes:
+            if size is None or size < 0:
+                size = limit - seen + 1
+            data = method(size, *args)
+            over(len(data))
+            return data
+        return read
+
+    def readinto(buffer: Any) -> int:
+        n = real_readinto(buffer)
+        over(n)
+        return n
+
+    real_readinto = response.readinto
+    response.read = counted(response.read)
+    response.read1 = counted(response.read1)
+    response.readline = counted(response.readline)
+    response.readinto = readinto
+
+
+def guard_opener(allow_loopback: bool = False, allow_private: bool = False,
+                 max_bytes: int | None = None) -> urllib.request.OpenerDirector:
+    """A urllib opener that fetches only what the policy allows, and with ``max_bytes`` no response
+    body longer than that (see the module doc)."""
     policy = UrlPolicy(allow_loopback, allow_private, resolve=True)
     opener = urllib.request.OpenerDirector()
     for handler in (urllib.request.ProxyHandler(), _RefuseOtherSchemes(), _GuardedHTTPHandler(policy),
                     _GuardedHTTPSHandler(policy), urllib.request.HTTPDefaultErrorHandler(),
                     _GuardedRedirectHandler(policy), urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
+    if max_bytes is not None:
+        opener.add_handler(_SizeLimit(max_bytes))
     return opener
 
 
-def install_guard(allow_loopback: bool = False, allow_private: bool = False) -> urllib.request.OpenerDirector:
+def install_guard(allow_loopback: bool = False, allow_private: bool = False,
+                  max_bytes: int | None = None) -> urllib.request.OpenerDirector:
     """Make ``urllib.request.urlopen`` in this process fetch only what the policy allows, for good
     (for a process that only downloads). Returns the installed opener."""
-    opener = guard_opener(allow_loopback, allow_private)
+    opener = guard_opener(allow_loopback, allow_private, max_bytes)
     urllib.request.install_opener(opener)
     return opener
 
@@ -413,18 +477,20 @@ _active: dict[str, Any] = {"depth": 0, "flags": None, "previous": None, "opener"
 
 
 @contextmanager
-def guarded(allow_loopback: bool = False, allow_private: bool = False) -> Iterator[urllib.request.OpenerDirector]:
+def guarded(allow_loopback: bool = False, allow_private: bool = False,
+            max_bytes: int | None = None) -> Iterator[urllib.request.OpenerDirector]:
     """The guard installed for the duration of the block, then the previous opener back (a reused
     worker process, such as a Spark executor's Python worker, keeps its own opener for other
     work). Nested blocks share one guard; nesting with other switches is an error, not a mix."""
-    flags = (bool(allow_loopback), bool(allow_private))
+    flags = (bool(allow_loopback), bool(allow_private), None if max_bytes is None else int(max_bytes))
     with _lock:
         if _active["depth"] == 0:
             _active["previous"] = getattr(urllib.request, "_opener", None)
             _active["flags"] = flags
             _active["opener"] = install_guard(*flags)
         elif _active["flags"] != flags:
-            raise RuntimeError(f"netguard is active with allow_loopback, allow_private = {_active['flags']}; "
+            raise RuntimeError(f"netguard is active with allow_loopback, allow_private, max_bytes = "
+                               f"{_active['flags']}; "
                                f"cannot also run with {flags} in this process")
         _active["depth"] += 1
         opener = _active["opener"]
@@ -443,11 +509,13 @@ class GuardedCall:
     lands in. Process pools started with ``spawn`` and Spark executors do not inherit an opener
     installed in the driver, but they unpickle this and install the guard themselves."""
 
-    def __init__(self, fn: Callable[..., Any], allow_loopback: bool = False, allow_private: bool = False) -> None:
+    def __init__(self, fn: Callable[..., Any], allow_loopback: bool = False, allow_private: bool = False,
+                 max_bytes: int | None = None) -> None:
         self.fn = fn
         self.allow_loopback = bool(allow_loopback)
         self.allow_private = bool(allow_private)
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with guarded(self.allow_loopback, self.allow_private):
+        with guarded(self.allow_loopback, self.allow_private, self.max_bytes):
             return self.fn(*args, **kwargs)

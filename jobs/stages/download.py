@@ -13,8 +13,9 @@ private, link-local, multicast, reserved or metadata address; refused rows becom
 reconciles and ``--retry-failed`` never fetches them. Host names are not resolved here (one lookup
 per host on the driver would take hours for a web-scale pool): the processes that fetch check the
 address of every connection and every redirect target (``netguard.GuardedCall`` wraps
-img2dataset's downloader, which its process pool and Spark executors unpickle). Images are checked
-for their pixel count from the header before they are decoded (``max_image_area``).
+img2dataset's downloader, which its process pool and Spark executors unpickle). A response body
+longer than ``max_bytes`` is cut off at the limit (``file_too_large``), and images are checked for
+their pixel count from the header before they are decoded (``max_image_area``).
 
 img2dataset opens paths with its own fsspec set-up (no storage options), so for an object-store
 run with the local distributor it works in a local scratch folder and the files travel through
@@ -55,6 +56,10 @@ INPUT = "_input"
 REFUSED = "_refused"  # reject rows of the URLs the policy refused; they never reach img2dataset
 # PIL's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS): ~1/4 GiB of RGB pixels.
 MAX_IMAGE_AREA = 89_478_485
+# The largest response body read for one URL: well above what a web image weighs (a 20-megapixel
+# JPEG is ~10 MB), and with img2dataset's default 16 threads x processes it bounds what the
+# downloads hold in memory at once.
+MAX_BYTES = 64 << 20
 _SHARD_FILE = re.compile(r"\d+(\.tar|\.parquet|_stats\.json)")
 
 
@@ -79,6 +84,10 @@ class DownloadConfig:
                                                   "from the header before decoding; the default is PIL's "
                                                   "decompression-bomb limit (PIL reads no header above twice "
                                                   "that, so larger values act as 2x)", minimum=1)
+    max_bytes: int = setting(MAX_BYTES, "reject a response whose body is longer than this many bytes "
+                                        "(`file_too_large`): refused from its Content-Length before reading, "
+                                        "else at the first byte past it, so no worker holds more for one URL",
+                             minimum=1)
 
 
 class DownloadStage(Stage):
@@ -268,7 +277,7 @@ def _guarded_img2dataset(s: DownloadConfig) -> Iterator[None]:
                 raise RuntimeError("img2dataset's Downloader has no `resizer`: the pre-decode area check cannot "
                                    "be installed (metacurate refuses to download without it)")
             downloader.resizer = AreaCheckedResizer(downloader.resizer, s.max_image_area)
-            worker = netguard.GuardedCall(downloader, s.allow_loopback, s.allow_private)
+            worker = netguard.GuardedCall(downloader, s.allow_loopback, s.allow_private, s.max_bytes)
             return distribute(processes_count, worker, *rest)
         return guarded_distributor
 

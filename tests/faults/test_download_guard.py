@@ -339,6 +339,67 @@ def test_guarded_call_guards_a_spawned_worker(servers, tmp_path):
     assert inner.hits == ["/secret"] and Path(target).read_bytes() == b"SECRET-FROM-THIS-MACHINE"
 
 
+# --------------------------------------------------------------------------- response size
+def test_response_bodies_are_capped(servers):
+    """A body over ``max_bytes`` is refused from its Content-Length before it is read, or, with no
+    length, at the first byte past the limit, whichever read method asks for it; error statuses
+    stay errors and a redirect is capped on the response it leads to."""
+    inner, _ = servers
+    limit = 1000
+    inner.routes.update({
+        "/exact": (200, b"a" * limit, 0.0),
+        "/exact-unannounced": (200, b"b" * limit, 0.0, {"Content-Length": None}),
+        "/big": (200, b"c" * 5000, 0.0),
+        "/big-unannounced": (200, b"d" * 5000, 0.0, {"Content-Length": None}),
+        "/missing-big": (404, b"e" * 5000, 0.0),
+        "/to-big": (302, b"", 0.0, {"Location": inner.url("/big")}),
+    })
+    opener = netguard.guard_opener(allow_loopback=True, max_bytes=limit)
+    assert opener.open(inner.url("/exact"), timeout=5).read() == b"a" * limit
+    assert opener.open(inner.url("/exact-unannounced"), timeout=5).read() == b"b" * limit
+
+    for path in ("/big", "/to-big"):
+        with pytest.raises(OSError) as e:
+            opener.open(inner.url(path), timeout=5)
+        assert _refusal(e) == "file_too_large" and "announces 5,000 bytes" in str(e.value), path
+
+    with opener.open(inner.url("/big-unannounced"), timeout=5) as r:  # img2dataset: r.read()
+        with pytest.raises(OSError) as e:
+            r.read()
+    assert _refusal(e) == "file_too_large" and "more than 1,000 bytes" in str(e.value)
+    with opener.open(inner.url("/big-unannounced"), timeout=5) as r:  # in pieces: the 4th passes the limit
+        assert [len(r.read(300)) for _ in range(3)] == [300, 300, 300]
+        with pytest.raises(OSError) as e:
+            r.read(300)
+    assert _refusal(e) == "file_too_large"
+    with opener.open(inner.url("/big-unannounced"), timeout=5) as r:
+        buf = bytearray(600)
+        assert r.readinto(buf) == 600
+        with pytest.raises(OSError) as e:
+            r.readinto(buf)
+    assert _refusal(e) == "file_too_large"
+
+    with pytest.raises(urllib.error.HTTPError) as e:
+        opener.open(inner.url("/missing-big"), timeout=5)
+    assert e.value.code == 404
+    # the control: without max_bytes the same opener reads it all
+    assert len(netguard.guard_opener(allow_loopback=True).open(inner.url("/big-unannounced"), timeout=5).read()) == 5000
+
+
+def test_guarded_call_caps_bodies_in_a_spawned_worker(servers, tmp_path):
+    inner, _ = servers
+    inner.routes["/big"] = (200, b"c" * 5000, 0.0, {"Content-Length": None})
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        with pytest.raises(OSError) as e:
+            pool.apply(netguard.GuardedCall(urllib.request.urlretrieve, allow_loopback=True, max_bytes=1000),
+                       (inner.url("/big"), str(tmp_path / "big")))
+    assert _refusal(e) == "file_too_large"
+    with pytest.raises(RuntimeError):  # one guard per process: a nested block may not change the cap
+        with netguard.guarded(max_bytes=10):
+            with netguard.guarded(max_bytes=20):
+                pass
+
+
 # --------------------------------------------------------------------------- decompression bombs
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_image_area_is_checked_from_the_header_before_decoding():
@@ -504,7 +565,8 @@ def test_refused_urls_become_rejects_and_never_reach_img2dataset(tmp_path, monke
 def test_download_stage_guards_real_fetches(distributor, tmp_path, monkeypatch, request):
     """img2dataset in its own workers (a ``spawn`` process pool, or Spark executors) against a
     loopback server (allowed here): the pre-check refusals, redirects to refused targets caught in
-    the workers, a 20000x20000 PNG refused from its header, and ``--retry-failed`` fetching
+    the workers, a 20000x20000 PNG refused from its header, bodies over ``max_bytes`` (with and
+    without a Content-Length) refused, and ``--retry-failed`` fetching
     nothing refused. Redirect targets are ones an unguarded worker would reach on this machine
     (0.0.0.0 is this machine to Linux), never the network."""
     from curation.rundir import RunDir
@@ -519,6 +581,9 @@ def test_download_stage_guards_real_fetches(distributor, tmp_path, monkeypatch, 
         srv.routes.update({
             "/ok.jpg": (200, _images.jpeg_bytes(_images.natural_image(rng, 120, 100)), 0.0),
             "/bomb.png": (200, huge_png_bytes(20_000, 20_000), 0.0),
+            "/heavy.jpg": (200, _images.jpeg_bytes(_images.natural_image(rng, 120, 100)) + b"\0" * 300_000, 0.0),
+            "/heavy-unannounced.jpg": (200, _images.jpeg_bytes(_images.natural_image(rng, 120, 100))
+                                       + b"\0" * 300_000, 0.0, {"Content-Length": None}),
             "/secret": (200, b"SECRET-FROM-THIS-MACHINE", 0.0),
             "/to-zero": (302, b"", 0.0, {"Location": f"http://0.0.0.0:{port}/secret"}),
             "/to-ftp": (301, b"", 0.0, {"Location": f"ftp://127.0.0.1:{port}/secret"}),
@@ -526,13 +591,17 @@ def test_download_stage_guards_real_fetches(distributor, tmp_path, monkeypatch, 
         urls, reasons, secret = _attack_rows(tmp_path)
         srv.routes["/to-file"] = (302, b"", 0.0, {"Location": urls["file"]})
         for name, path in (("ok", "/ok.jpg"), ("bomb", "/bomb.png"), ("to-zero", "/to-zero"), ("to-ftp", "/to-ftp"),
-                           ("to-file", "/to-file")):
+                           ("to-file", "/to-file"), ("heavy", "/heavy.jpg"),
+                           ("heavy-unannounced", "/heavy-unannounced.jpg")):
             urls[name] = srv.url(path)
         reasons.update({"bomb": "too_large", "to-zero": "blocked_address", "to-ftp": "bad_scheme",
-                        "to-file": "bad_scheme"})
+                        "to-file": "bad_scheme", "heavy": "file_too_large", "heavy-unannounced": "file_too_large"})
         root = tmp_path / "run"
         _balance_run(root, urls)
-        cfg = _config(root, **{"download.allow_loopback": True, "download.distributor": distributor})
+        # a JPEG padded past 300 kB weighs more than max_bytes (the PNG bomb is a few kB: its pixels are the threat)
+        assert len(huge_png_bytes(20_000, 20_000)) < 250_000
+        cfg = _config(root, **{"download.allow_loopback": True, "download.distributor": distributor,
+                               "download.max_bytes": 250_000})
         s = run_stages(cfg, ["download"], spark=spark, spark_factory=_no_spark, add_upstream=False)["download"]
         assert s["in"] == len(urls) == s["out"] + sum(s["rejected"].values()) and s["out"] == 1, s
         rej = {r["uid"]: r for r in pq.read_table(root / "rejects" / "download").to_pylist()}
@@ -556,7 +625,7 @@ def test_download_stage_guards_real_fetches(distributor, tmp_path, monkeypatch, 
 
         monkeypatch.setattr(download, "_run_img2dataset", recording)
         s2 = download.STAGE.retry_failed(StageContext(cfg=cfg, run=RunDir(str(root))))
-        assert sorted(fetched) == sorted(["bomb", "to-zero", "to-ftp", "to-file"])
+        assert sorted(fetched) == sorted(["bomb", "to-zero", "to-ftp", "to-file", "heavy", "heavy-unannounced"])
         assert s2["in"] == s["in"] and s2["out"] == 1 and s2["rejected"] == s["rejected"]
         assert secret not in _tar_bytes(root) and "/secret" not in srv.hits
     finally:

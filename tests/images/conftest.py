@@ -56,7 +56,8 @@ def natural():
 
 
 class Server:
-    """Serves ``routes[path] = (status, body, delay_s[, headers])``; routes may change during the
+    """Serves ``routes[path] = (status, body, delay_s[, headers])`` (a header given as None is not
+    sent: ``{"Content-Length": None}`` sends a body of unannounced length); routes may change during the
     test. ``hits`` lists the paths requested (to show that a refused URL was never fetched);
     ``host`` is a loopback address (127.0.0.2 stands in for a public host in the guard tests)."""
 
@@ -77,9 +78,11 @@ class Server:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/octet-stream")
-                    self.send_header("Content-Length", str(len(body)))
+                    if headers.get("Content-Length", "") is not None:  # None: no length, body until close
+                        self.send_header("Content-Length", str(len(body)))
                     for k, v in headers.items():
-                        self.send_header(k, v)
+                        if v is not None:
+                            self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
