@@ -106,6 +106,14 @@ class StageDir:
         self.storage.write_json(self.path(SUCCESS), {"fingerprint": fp, "finished_at": utc_now(), **extra})
         self.storage.remove(self.path(STARTED))
 
+    def remove_temporaries(self) -> int:
+        """Delete what writers killed mid-write left in the stage folder and its reject folder
+        (``Storage.remove_temporaries``); returns how many files."""
+        n = self.storage.remove_temporaries(self.url)
+        if self.rejects_url:
+            n += self.storage.remove_temporaries(self.rejects_url)
+        return n
+
     def reset(self, keep: Sequence[str] = ()) -> None:
         """Empty the stage folder and its reject folder (files named in ``keep`` survive)."""
         kept = {}

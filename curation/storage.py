@@ -16,6 +16,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import uuid
 from typing import Any, Iterator, Mapping
 
@@ -27,6 +28,9 @@ from curation.errors import InputError
 
 #: Variables s3fs does not read by itself but users of other AWS tools set.
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
+#: A local atomic write goes to ``.tmp-<32 hex>-<name>`` first, then is renamed to ``name``.
+TEMPORARY_PREFIX = ".tmp-"
+_TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r"[0-9a-f]{32}-")
 
 
 def is_remote(url: str) -> bool:
@@ -260,7 +264,7 @@ class Storage:
         if "file" in protocols or "local" in protocols:
             folder = os.path.dirname(path) or "."
             os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+            tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -273,6 +277,25 @@ class Storage:
         else:
             with fs.open(path, "wb") as f:
                 f.write(data)
+
+    def remove_temporaries(self, url: str) -> int:
+        """Delete the temporary files of :meth:`write_bytes` under the folder ``url`` (recursive)
+        that a killed writer left behind, before its rename; returns how many. Object stores get
+        one PUT per file and have none."""
+        fs, path = self.fs(url)
+        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        if not ("file" in protocols or "local" in protocols) or not os.path.isdir(path):
+            return 0
+        removed = 0
+        for folder, _, files in os.walk(path):
+            for name in files:
+                if _TEMPORARY.match(name):
+                    try:
+                        os.remove(os.path.join(folder, name))
+                        removed += 1
+                    except FileNotFoundError:  # its writer finished (renamed) or cleaned it meanwhile
+                        pass
+        return removed
 
     def write_json(self, url: str, obj: Any) -> None:
         self.write_bytes(url, dumps_json(obj))

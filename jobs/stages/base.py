@@ -265,6 +265,11 @@ def execute(stage: Stage, ctx: StageContext, *, out: StageDir | None = None, for
     t0 = time.perf_counter()
     summary = reconcile(stage.name, stage.run(ctx, d))
     summary.setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
+    # a task killed mid-write (a lost worker; Spark ran the unit again elsewhere) leaves its
+    # temporary file; every task has finished now, so none is still being written
+    leftovers = d.remove_temporaries()
+    if leftovers:
+        log.info("%s: removed %d temporary file(s) that killed tasks left", stage.name, leftovers)
     verify_outputs(stage, ctx, d, summary)
     check_failures(stage, ctx, d, summary)
     d.write_summary(summary)

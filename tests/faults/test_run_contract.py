@@ -167,6 +167,35 @@ def test_empty_or_garbage_markers_count_as_absent(tmp_path, caplog):
     assert summary["out"] == 3 and json.loads((tmp_path / "run" / "toy" / "_SUCCESS").read_text())["fingerprint"]
 
 
+class _KilledWriterToy(_Toy):
+    """As a stage whose task was killed between writing a temporary file and renaming it, then ran
+    again elsewhere: the data is complete, the temporaries are left over."""
+
+    def run(self, ctx, out):
+        summary = super().run(ctx, out)
+        junk = b"PAR1 cut off"
+        for url in (out.path("part-000001.parquet"), out.path("_units", "000003.json"), out.rejects("part-1.parquet")):
+            folder, name = os.path.split(url)
+            os.makedirs(folder, exist_ok=True)
+            Path(folder, f".tmp-{'ab' * 16}-{name}").write_bytes(junk)
+        Path(out.path(".keep-me")).write_bytes(b"not ours")  # a dot file of another tool stays
+        return summary
+
+
+def test_temporaries_of_killed_writers_are_removed_when_the_stage_completes(tmp_path):
+    ctx = _ctx(tmp_path)
+    summary = execute(_KilledWriterToy(4, {"in": 4, "out": 4, "rejected": {}}), ctx)
+    assert summary["reconciled"] and (tmp_path / "run" / "toy" / "_SUCCESS").exists()
+    left = sorted(str(p.relative_to(tmp_path / "run")) for p in (tmp_path / "run").rglob(".*") if p.is_file())
+    assert left == ["toy/.keep-me"]
+    # pyarrow, pandas and DuckDB read the folder as the 4 rows (DuckDB's *.parquet glob would have
+    # matched a left-over .tmp-...parquet)
+    import duckdb
+
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{tmp_path / 'run' / 'toy'}/*.parquet')").fetchall()[0][0] == 4
+    assert Storage().remove_temporaries(str(tmp_path / "run")) == 0
+
+
 def test_an_input_that_lost_rows_stops_the_next_stage(curate, tmp_path, capsys):
     """match is complete, then one of its parts disappears (a half-copied run, or the tasks look
     elsewhere): balance refuses to run rather than balance fewer rows and call it complete."""
