@@ -621,6 +621,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "metadata_languages": ("metadata languages", "list"),
     # match
     "n_entries": ("metadata entries", "number"),
+    "rule": ("matching rule", "text"),
+    "entries_never_match": ("entries this rule can never match", "number"),
     # count
     "entries_matched": ("entries matched", "number"),
     "entries_total": ("entries in the metadata", "number"),

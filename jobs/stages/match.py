@@ -127,7 +127,9 @@ class MatchStage(Stage):
         if bad:  # an unreadable file counts as one input, rejected (its one reject row names it)
             summary["in"] += len(bad)
             summary["rejected"] = dict(sorted({**summary["rejected"], "unreadable_file": len(bad)}.items()))
+        # entries the rule can never match (e.g. "a.b" under metaclip1: captions are split at ".")
         summary.update(units=len(units), files_skipped=[b["path"] for b in bad], n_entries=meta["n_entries"],
+                       rule=meta["rule"], entries_never_match=meta["n_never_match"],
                        metadata_fingerprint=meta["metadata_fingerprint"], seconds=seconds)
         return summary
 
@@ -189,7 +191,8 @@ def ship_language_matchers(ctx: StageContext, rule: str) -> dict:
         matchers[lang] = meta
         id_maps[lang] = ids[pick].astype(np.int32)
     return {"lang_matchers": matchers, "id_maps": ctx.spark.sparkContext.broadcast(id_maps),
-            "n_entries": len(entries), "metadata_fingerprint": fingerprint_of(matchers), "rule": rule}
+            "n_entries": len(entries), "metadata_fingerprint": fingerprint_of(matchers), "rule": rule,
+            "n_never_match": sum(m["n_never_match"] for m in matchers.values())}
 
 
 def fingerprint_of(matchers: dict) -> str:
@@ -208,10 +211,13 @@ def compile_matcher(entries: list[str], rule: str = DEFAULT_RULE) -> dict:
     local = os.path.join(local_dir, name)
     if not os.path.exists(local):
         t0 = time.perf_counter()
-        FastMatcher(entries, fingerprint=fp, rule=rule).save(local)
+        matcher = FastMatcher(entries, fingerprint=fp, rule=rule)
+        matcher.save(local)
         log.info("match: compiled the matcher for %s entries in %.1fs", f"{len(entries):,}", time.perf_counter() - t0)
+    else:
+        matcher = FastMatcher.load(local, fp, rule)  # memory-mapped: milliseconds
     return {"metadata_fingerprint": fp, "n_entries": len(entries), "matcher_name": name, "matcher_local": local,
-            "rule": rule}
+            "rule": rule, "n_never_match": int(matcher.n_never_match)}
 
 
 def _executor_matcher(task_ctx: dict):

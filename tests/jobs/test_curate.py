@@ -424,10 +424,10 @@ def test_counts_beyond_float32_keep_exact_probabilities(curate, tmp_path):
 def test_the_metaclip2_rule_through_the_stages_and_the_dataframe_api(spark, curate, tmp_path):
     """`match.rule: metaclip2` reaches the compiled matcher: CJK and edge-punctuation entries match
     without spaces around them; the DataFrame API with rule="metaclip2" gives the same ids."""
-    from curation.matching import Matcher
+    from curation.matching import Matcher, never_matches
     from jobs.dataframe import match as df_match
 
-    entries = ["北京", "c++", "(dog)", "dog", "天安门"]
+    entries = ["北京", "c++", "(dog)", "dog", "天安门", "a.b"]  # "a.b": "." is spaced apart in every text
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(entries, ensure_ascii=False))
     texts = ["我爱北京天安门", "learn c++ today", "a photo (dog)", "a dog", "\u3000北京\u3000", "nothing here"]
@@ -441,6 +441,9 @@ def test_the_metaclip2_rule_through_the_stages_and_the_dataframe_api(spark, cura
         got[rule] = dict(zip(m["text"], m["entry_ids"]))
         ref = Matcher(entries, rule=rule)
         assert got[rule] == {t: ref.match(t) for t in texts if ref.match(t)}
+        summary = json.loads((tmp_path / rule / "match" / "_summary.json").read_text())
+        assert summary["rule"] == rule
+        assert summary["entries_never_match"] == sum(never_matches(e, rule) for e in entries) == 1
     assert "我爱北京天安门" in got["metaclip2"] and "我爱北京天安门" not in got["metaclip1"]
     assert got["metaclip2"]["我爱北京天安门"] == [0, 4]
     df = df_match(spark.read.parquet(str(pool)), entries, rule="metaclip2")
