@@ -403,6 +403,8 @@ class _SizeLimit(urllib.request.BaseHandler):
         self.max_bytes = int(max_bytes)
 
     def http_response(self, req: urllib.request.Request, response: http.client.HTTPResponse):
+        if getattr(response, "_netguard_capped", False):  # a redirect's target, capped when it was opened
+            return response
         limit = self.max_bytes
         announced = (response.headers.get("Content-Length") or "").strip()
         if announced.isdigit() and int(announced) > limit:
@@ -441,6 +443,7 @@ def _cap_body(response: http.client.HTTPResponse, limit: int, url: str) -> None:
         over(n)
         return n
 
+    response._netguard_capped = True
     real_readinto = response.readinto
     response.read = counted(response.read)
     response.read1 = counted(response.read1)
@@ -490,8 +493,7 @@ def guarded(allow_loopback: bool = False, allow_private: bool = False,
             _active["opener"] = install_guard(*flags)
         elif _active["flags"] != flags:
             raise RuntimeError(f"netguard is active with allow_loopback, allow_private, max_bytes = "
-                               f"{_active['flags']}; "
-                               f"cannot also run with {flags} in this process")
+                               f"{_active['flags']}; cannot also run with {flags} in this process")
         _active["depth"] += 1
         opener = _active["opener"]
     try:

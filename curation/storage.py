@@ -33,6 +33,12 @@ TEMPORARY_PREFIX = ".tmp-"
 _TEMPORARY = re.compile(re.escape(TEMPORARY_PREFIX) + r"[0-9a-f]{32}-")
 
 
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local disk (where writes go through a temporary file and a rename)."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
 def is_remote(url: str) -> bool:
     """True for ``proto://...`` URLs other than ``file://``."""
     return "://" in url and not url.startswith("file://")
@@ -260,8 +266,7 @@ class Storage:
     def write_bytes(self, url: str, data: bytes) -> None:
         """Atomic: local = temporary file (removed on failure) + fsync + rename; object stores = one PUT."""
         fs, path = self.fs(url)
-        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-        if "file" in protocols or "local" in protocols:
+        if _is_local(fs):
             folder = os.path.dirname(path) or "."
             os.makedirs(folder, exist_ok=True)
             tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
@@ -283,8 +288,7 @@ class Storage:
         that a killed writer left behind, before its rename; returns how many. Object stores get
         one PUT per file and have none."""
         fs, path = self.fs(url)
-        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-        if not ("file" in protocols or "local" in protocols) or not os.path.isdir(path):
+        if not _is_local(fs) or not os.path.isdir(path):
             return 0
         removed = 0
         for folder, _, files in os.walk(path):
