@@ -16,10 +16,13 @@ from /proc): in ``local[1]`` the DataFrame path's JVM does its I/O on a second c
 Python worker matches, so its wall-clock rate overstates what it gets per core. Prints both, the
 ratio DataFrame / run-directory of each (goal >= 0.8 per core), and where each path's CPU goes,
 per million rows: the JVM by thread (task threads: parquet read and write, rows to and from Arrow;
-the JIT compiler; GC), the Python workers, the driver. Two more queries place the cost:
+the JIT compiler; GC), the Python workers, the driver. Three more queries place the cost:
 
 * the DataFrame path into Spark's ``noop`` sink: the same query without the parquet write of the
   result (the run-directory stage still writes its parts, with pyarrow, inside its workers);
+* the DataFrame path written without parquet dictionaries for the url, text and uid columns
+  (``NO_STRING_DICTIONARIES``, a writer option the user chooses), with its file size against the
+  default write;
 * "Spark's side alone": placeholder columns instead of matching (parquet read, Arrow to and from
   a Python worker, parquet write).
 
@@ -143,13 +146,23 @@ def run_dir_path(spark, pool: Path, meta: Path, out: str, rows_per_unit: int) ->
     return t
 
 
-def dataframe_path(spark, pool: Path, entries: list[str], out: str, sink: str = "parquet") -> Timed:
+#: Writer options that turn off parquet dictionary encoding for the nearly unique string columns
+#: (parquet-mr builds each column chunk's dictionary until it outgrows its page, then falls back).
+NO_STRING_DICTIONARIES = {f"parquet.enable.dictionary#{c}": "false" for c in ("url", "text", "uid")}
+
+
+def dataframe_path(spark, pool: Path, entries: list[str], out: str, sink: str = "parquet",
+                   options: dict[str, str] | None = None) -> Timed:
     """read parquet -> ``jobs.dataframe.match`` -> write ``sink`` (``noop``: Spark's sink that
-    runs the whole query and writes nothing, to show what the parquet write costs)."""
+    runs the whole query and writes nothing, to show what the parquet write costs) with the
+    writer's ``options``."""
     from jobs.dataframe import match
 
     with Timed() as t:
-        match(spark.read.parquet(str(pool)), entries).write.mode("overwrite").format(sink).save(out)
+        match(spark.read.parquet(str(pool)), entries).write.mode("overwrite").options(**(options or {})) \
+            .format(sink).save(out)
+    if sink == "parquet":
+        t.bytes = sum(f.stat().st_size for f in Path(out).glob("*.parquet"))
     return t
 
 
@@ -224,6 +237,8 @@ def main() -> None:
                                                       args.rows_per_unit),
         "DataFrame API": lambda r: dataframe_path(spark, pool, entries, os.path.join(work, f"df{r}")),
         "DataFrame API, noop sink": lambda r: dataframe_path(spark, pool, entries, "", sink="noop"),
+        "DataFrame API, no string dictionaries": lambda r: dataframe_path(
+            spark, pool, entries, os.path.join(work, f"dfnd{r}"), options=NO_STRING_DICTIONARIES),
         "Spark's side alone": lambda r: spark_side_only(spark, pool, os.path.join(work, f"spark{r}")),
     }
     try:
@@ -256,6 +271,11 @@ def main() -> None:
         print(f"DataFrame (noop sink) / run-directory, rows per CPU-second: "
               f"{mean([a.cpu / b.cpu for a, b in zip(rd, noop)]):.2f} (the same query without Spark's parquet "
               f"write of the result; the run-directory stage still writes its parts)")
+        nd = timed["DataFrame API, no string dictionaries"]
+        print(f"DataFrame (writer options {', '.join(f'{k}={v}' for k, v in NO_STRING_DICTIONARIES.items())}) / "
+              f"run-directory, rows per CPU-second: {mean([a.cpu / b.cpu for a, b in zip(rd, nd)]):.2f}; "
+              f"its files {mean([b.bytes / a.bytes for a, b in zip(df, nd)]) - 1:+.1%} in size against the "
+              f"default write")
     finally:
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)

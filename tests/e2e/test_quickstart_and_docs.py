@@ -68,6 +68,10 @@ def test_quickstart_outputs(quickstart):
     # eval JSON present with the scores; reports reference existing PNGs
     results = json.loads((cwd / "runs" / "quickstart" / "eval" / "results.json").read_text())
     assert "zeroshot/digits/top1" in results["metrics"] and "retrieval/heldout/mean_recall" in results["metrics"]
+    # the console gives each score with its chance level (a random model's: 1/10 for the digits)
+    top1 = results["metrics"]["zeroshot/digits/top1"]
+    assert f"zeroshot/digits/top1 = {top1:.3f} (chance 0.100)" in stdout
+    assert re.search(r"retrieval/heldout/mean_recall = [01]\.\d{3} \(chance 0\.0\d\d\)", stdout)
     # worldwide curation: three languages labelled, a t per language, retrieval per language
     lid = json.loads((run / "lid" / "_summary.json").read_text())
     assert {"en", "de", "zh"} <= set(lid["languages"])
@@ -178,3 +182,20 @@ def test_every_data_folder_reads_with_standard_tools(quickstart, spark):
         assert len(set(counts.values())) == 1, (name, counts)
         if want is not None:
             assert counts["pandas"] == want, (name, counts, want)
+
+
+def test_headline_chance_levels():
+    """The chance levels the quickstart prints beside its scores: 1/classes for zero-shot top-1,
+    the mean recall of a random ranking for retrieval (worked out by hand for 4 images, 8 texts)."""
+    from jobs.commands.quickstart import headline_chance
+
+    results = {"zeroshot": {"digits": {"class_counts": {str(i): 5 for i in range(10)}}},
+               "retrieval": {"heldout": {"n_images": 4, "n_texts": 8,
+                                         "image_to_text": {"R@1": 0.5, "R@5": 0.9},
+                                         "text_to_image": {"R@1": 0.5, "R@5": 1.0}},
+                             "other": {"n_images": 4, "n_texts": 8, "image_to_text": {"R@1": 0.1}}}}
+    # image->text: 2 right captions among 8; R@1 = 2/8, R@5 = 1 - (6*5*4*3*2)/(8*7*6*5*4)
+    # text->image: 1 right image among 4; R@1 = 1/4, R@5 = 1 (every image is in the top 5)
+    expected = (2 / 8 + (1 - 720 / 6720) + 1 / 4 + 1.0) / 4
+    got = headline_chance(results)
+    assert got == pytest.approx({"zeroshot/digits/top1": 0.1, "retrieval/heldout/mean_recall": expected})
