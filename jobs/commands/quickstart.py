@@ -253,6 +253,25 @@ def write_omw_tabs(out_dir: str, languages) -> str:
     return out_dir
 
 
+#: The port the miniature web is served on when it is free. The pool's URLs carry it, and uids are
+#: ``sha224(url)``, so with one port every run of the quickstart has the same uids and therefore the
+#: same balance draw and the same curated set; when the port is taken another free one is used.
+WEB_PORT = 18473
+
+
+def serve_web(root: str, port: int = WEB_PORT, say=None):
+    """``synthetic.serve_directory(root)`` on ``port``, or on another free port (said) when it is taken."""
+    from jobs import synthetic
+
+    try:
+        return synthetic.serve_directory(root, port=port)
+    except OSError as exc:
+        if say:
+            say(f"port {port} is taken ({exc.strerror or exc}); serving on another free port, so the uids "
+                f"(sha224 of the URL) differ from those of a run on port {port}")
+        return synthetic.serve_directory(root, port=0)
+
+
 def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: str, wordnet: str | None,
                   step=None, languages: dict[str, float] | None = None) -> dict:
     """Metadata, the served web + pool, the held-out split(s) and the hashed eval sets.
@@ -302,7 +321,7 @@ def prepare_world(out: str, *, tiny: bool, pool_size: int, seed: int, master: st
     step("web: rendering images, starting an HTTP server on 127.0.0.1, writing the pool")
     www_root = os.path.join(data, "web")
     os.makedirs(os.path.join(www_root, "www"), exist_ok=True)
-    base_url, stop_server = synthetic.serve_directory(os.path.join(www_root, "www"), port=0)
+    base_url, stop_server = serve_web(os.path.join(www_root, "www"), say=step.say)
     try:
         # workers=1: forking beside a live Spark gateway lets the children disturb its socket
         web = synthetic.make_web_pool(www_root, n=pool_size, seed=seed, base_url=base_url, workers=1,
@@ -495,7 +514,8 @@ def _run(args, out: str, *, tiny: bool, pool_size: int, steps: int, t: float, ou
             step.say(f"{name} = {value:.3f} (chance {chance[name]:.3f})")
     for name in results.get("collapsed", []):
         step.say(f"note: the model does not tell the {name} images apart yet "
-                 f"({results['diagnostics'][name].get('why', '')}); its zero-shot score is chance level")
+                 f"({results['diagnostics'][name].get('why', '')}), so its zero-shot score there is a matter of "
+                 f"chance, above or below the chance level")
     step.finish()
     p = step.out
     print(f"\n  distribution report: {os.path.join(run_dir, 'report', 'index.html')}", file=p)

@@ -199,3 +199,27 @@ def test_headline_chance_levels():
     expected = (2 / 8 + (1 - 720 / 6720) + 1 / 4 + 1.0) / 4
     got = headline_chance(results)
     assert got == pytest.approx({"zeroshot/digits/top1": 0.1, "retrieval/heldout/mean_recall": expected})
+
+
+def test_quickstart_web_keeps_its_port_and_falls_back_when_taken(tmp_path):
+    """The miniature web is served on one port when it is free (the same URLs, so the same uids and
+    curated set on every run) and on another free port, said on the console, when it is taken."""
+    import socket
+    import urllib.request
+
+    from jobs.commands.quickstart import serve_web
+
+    (tmp_path / "a.txt").write_text("hello")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # a port that was free a moment ago
+    said: list[str] = []
+    with serve_web(str(tmp_path), port=port, say=said.append) as (base, _stop):
+        assert base == f"http://127.0.0.1:{port}" and not said
+        assert urllib.request.urlopen(base + "/a.txt", timeout=5).read() == b"hello"
+        # now the port is taken (by the first server): the second falls back and says so
+        with serve_web(str(tmp_path), port=port, say=said.append) as (other, _stop2):
+            assert other != base and other.startswith("http://127.0.0.1:")
+            assert urllib.request.urlopen(other + "/a.txt", timeout=5).read() == b"hello"
+    assert len(said) == 1 and f"port {port} is taken" in said[0]
