@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.errors import InputError
-from jobs.dataframe import balance, counts_array, entry_counts, match
+from jobs.dataframe import balance, counts_array, entry_counts, match, parquet_options
 from jobs.demo import make_demo_pool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +73,49 @@ def test_column_mapping_and_clear_errors(spark, pool):
     assert counts.dtype == np.int64 and counts.sum() > 0
 
 
+def test_parquet_options_reach_the_writer_and_every_reader_reads_the_same_rows(spark, pool, tmp_path):
+    import duckdb
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    df = (spark.read.parquet(pool["pool"]).withColumnRenamed("url", "URL").withColumnRenamed("text", "TEXT")
+          .withColumn("source", F.lit("demo")))  # a pass-through column that keeps its dictionary
+    matched = match(df, pool["metadata"], url_col="URL", text_col="TEXT").cache()
+    plain, tuned = str(tmp_path / "default"), str(tmp_path / "tuned")
+    matched.write.parquet(plain)
+    matched.write.options(**parquet_options(url_col="URL", text_col="TEXT")).parquet(tuned)
+
+    files = sorted(Path(tuned).glob("*.parquet"))
+    assert files
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            enc = {meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i)
+                   for i in range(meta.num_columns)}
+            for col in ("URL", "TEXT", "uid"):
+                assert enc[col].encodings == ("DELTA_BYTE_ARRAY",) and not enc[col].has_dictionary_page, col
+            assert enc["entry_ids.list.element"].encodings == ("DELTA_BINARY_PACKED",)
+            assert enc["source"].has_dictionary_page
+    first = pq.ParquetFile(next(Path(plain).glob("*.parquet"))).metadata.row_group(0)
+    default = {first.column(i).path_in_schema: first.column(i) for i in range(first.num_columns)}
+    assert default["entry_ids.list.element"].has_dictionary_page  # what the options turn off
+
+    def rows(table) -> list:
+        return sorted(zip(table["uid"], table["URL"], table["TEXT"], map(tuple, table["entry_ids"])))
+
+    expected = rows(pq.read_table(plain).to_pydict())
+    assert len(expected) > 100
+    assert rows(pq.read_table(tuned).to_pydict()) == expected
+    assert rows(pd.read_parquet(tuned).to_dict("list")) == expected
+    con = duckdb.connect()
+    got = con.execute(f"SELECT uid, URL, TEXT, entry_ids FROM read_parquet('{tuned}/*.parquet')").fetchall()
+    assert sorted((u, a, b, tuple(c)) for u, a, b, c in got) == expected
+    back = spark.read.parquet(tuned).select("uid", "URL", "TEXT", "entry_ids").collect()
+    assert sorted((r[0], r[1], r[2], tuple(r[3])) for r in back) == expected
+
+
 @pytest.mark.slow
+@pytest.mark.spark  # Spark in a subprocess: run on both Spark lines
 def test_the_example_script_runs(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "dataframe_api.py"), "--out",
@@ -83,6 +125,9 @@ def test_the_example_script_runs(tmp_path):
     assert "-> kept" in proc.stdout and "most matched entries" in proc.stdout
     kept = pq.read_table(tmp_path / "curated")
     assert kept.num_rows > 0 and {"URL", "TEXT", "uid", "entry_ids", "p_keep"} <= set(kept.column_names)
+    meta = pq.ParquetFile(next((tmp_path / "curated").glob("*.parquet"))).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert encodings["entry_ids.list.element"] == ("DELTA_BINARY_PACKED",)  # written with parquet_options()
 
 
 # --------------------------------------------------------------------------- the worker-side pieces
