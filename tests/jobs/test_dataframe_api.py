@@ -73,6 +73,11 @@ def test_column_mapping_and_clear_errors(spark, pool):
     assert counts.dtype == np.int64 and counts.sum() > 0
 
 
+def _chunks(row_group) -> dict:
+    """A parquet row group's column chunks by path (``entry_ids.list.element`` for the ids)."""
+    return {row_group.column(i).path_in_schema: row_group.column(i) for i in range(row_group.num_columns)}
+
+
 def test_parquet_options_reach_the_writer_and_every_reader_reads_the_same_rows(spark, pool, tmp_path):
     import duckdb
     import pandas as pd
@@ -90,14 +95,12 @@ def test_parquet_options_reach_the_writer_and_every_reader_reads_the_same_rows(s
     for f in files:
         meta = pq.ParquetFile(f).metadata
         for g in range(meta.num_row_groups):
-            enc = {meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i)
-                   for i in range(meta.num_columns)}
+            enc = _chunks(meta.row_group(g))
             for col in ("URL", "TEXT", "uid"):
                 assert enc[col].encodings == ("DELTA_BYTE_ARRAY",) and not enc[col].has_dictionary_page, col
             assert enc["entry_ids.list.element"].encodings == ("DELTA_BINARY_PACKED",)
             assert enc["source"].has_dictionary_page
-    first = pq.ParquetFile(next(Path(plain).glob("*.parquet"))).metadata.row_group(0)
-    default = {first.column(i).path_in_schema: first.column(i) for i in range(first.num_columns)}
+    default = _chunks(pq.ParquetFile(next(Path(plain).glob("*.parquet"))).metadata.row_group(0))
     assert default["entry_ids.list.element"].has_dictionary_page  # what the options turn off
 
     def rows(table) -> list:
@@ -125,9 +128,8 @@ def test_the_example_script_runs(tmp_path):
     assert "-> kept" in proc.stdout and "most matched entries" in proc.stdout
     kept = pq.read_table(tmp_path / "curated")
     assert kept.num_rows > 0 and {"URL", "TEXT", "uid", "entry_ids", "p_keep"} <= set(kept.column_names)
-    meta = pq.ParquetFile(next((tmp_path / "curated").glob("*.parquet"))).metadata.row_group(0)
-    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
-    assert encodings["entry_ids.list.element"] == ("DELTA_BINARY_PACKED",)  # written with parquet_options()
+    ids = _chunks(pq.ParquetFile(next((tmp_path / "curated").glob("*.parquet"))).metadata.row_group(0))
+    assert ids["entry_ids.list.element"].encodings == ("DELTA_BINARY_PACKED",)  # written with parquet_options()
 
 
 # --------------------------------------------------------------------------- the worker-side pieces
